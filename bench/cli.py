@@ -1,0 +1,212 @@
+"""The ``bench`` command line: run, list, show, leaderboard."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _add_run(sub):
+    p = sub.add_parser("run", help="train one method on a track, evaluate it, write one result row",
+                       description="Train one compression method on a track under the track's budget, "
+                                   "evaluate it (clean accuracy, AutoAttack, FGSM/PGD, conditioning, cost) "
+                                   "and write one parquet row to the results directory.")
+    p.add_argument("--method", "-m", required=True, help="registered method name (see `bench list`)")
+    p.add_argument("--track", "-t", default="digits-cnn", help="track name (see `bench list --tracks`); default digits-cnn")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=float, default=None, help="override the track's epoch budget (may be fractional)")
+    p.add_argument("--budget-seconds", type=float, default=None, help="wall-clock training budget instead of epochs")
+    p.add_argument("--compression", type=float, default=None,
+                   help="fraction of inference-form parameters removed, in [0, 1); default: the track's")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...; default: cuda when present")
+    p.add_argument("--data-dir", default=None, help="data directory (default: $BENCH_DATA_DIR, then ./data)")
+    p.add_argument("--results-dir", default="results", help="where the parquet row goes (default ./results)")
+    p.add_argument("--n-eval", type=int, default=None, help="test points attacked (default: the track's)")
+    p.add_argument("--aa-version", choices=("standard", "plus"), default=None,
+                   help="force one AutoAttack version for every ε (default: the track's protocol)")
+    p.add_argument("--no-attacks", action="store_true", help="skip all attacks (clean metrics only)")
+    p.add_argument("--batch-size", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE",
+                   help="method parameter, validated against the method's dataclass (repeatable)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench", description="Benchmark compressed networks under adversarial attack.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    pl = sub.add_parser("list", help="list methods (or tracks, models)")
+    g = pl.add_mutually_exclusive_group()
+    g.add_argument("--tracks", action="store_true", help="list tracks")
+    g.add_argument("--models", action="store_true", help="list model architectures")
+    ps = sub.add_parser("show", help="print the results table")
+    ps.add_argument("--results-dir", default=None, help="default: $BENCH_RESULTS_DIR, then ./results")
+    ps.add_argument("--track", default=None, help="only this track")
+    ps.add_argument("--all", action="store_true", help="one line per run instead of per configuration")
+    plb = sub.add_parser("leaderboard", help="serve the Streamlit leaderboard")
+    plb.add_argument("--results-dir", default=None, help="default: $BENCH_RESULTS_DIR, then ./results")
+    plb.add_argument("--port", type=int, default=8501)
+    plb.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    return parser
+
+
+def cmd_run(args) -> int:
+    from bench.config import RunConfig
+    from bench import runner
+
+    cfg = RunConfig(
+        method=args.method, track=args.track, seed=args.seed,
+        method_params=_params_dict(args.param), epochs=args.epochs, budget_seconds=args.budget_seconds,
+        compression=args.compression, device=args.device, data_dir=args.data_dir,
+        results_dir=args.results_dir, n_eval=args.n_eval, aa_version=args.aa_version,
+        skip_attacks=args.no_attacks, batch_size=args.batch_size, num_threads=args.threads,
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
+    prepared = runner.prepare(cfg)
+    budget = f"{prepared.epochs:g} epochs" if prepared.epochs is not None else ""
+    if prepared.budget_seconds is not None:
+        budget += (" or " if budget else "") + f"{prepared.budget_seconds:g} s"
+    print(f"bench run: method={cfg.method} track={prepared.track.name} seed={cfg.seed} "
+          f"compression={prepared.compression:g} budget={budget} n_eval={prepared.n_eval}", flush=True)
+    try:
+        row, path = runner.run(cfg, prepared=prepared)
+    except runner.RunError as exc:
+        print(f"error: run failed: {exc}\n(a 'failed' row was written to {exc.path}; its traceback column has details)",
+              file=sys.stderr)
+        return 1
+    print(format_summary(row, path))
+    return 0
+
+
+def _params_dict(items: list[str]) -> dict:
+    from bench.method import ParamError
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ParamError(f"--param expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _fmt(v, spec=".4f"):
+    if v is None:
+        return "-"
+    try:
+        if v != v:  # NaN
+            return "-"
+        return format(v, spec)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def format_summary(row: dict, path) -> str:
+    lines = [
+        "",
+        f"== {row['method_id']} on {row['track']} (seed {row['seed']}) ==",
+        f"  data        {row.get('dataset')} [{row.get('data_source')}]  train {row.get('n_train')}  "
+        f"val {row.get('n_val')}  test {row.get('n_test')}",
+        f"  params      {row.get('n_params'):,} of {row.get('n_params_dense'):,} dense  "
+        f"compression {_fmt(row.get('compression'), '.4f')} (target {_fmt(row.get('compression_target'), '.2f')})",
+        f"  training    {_fmt(row.get('epochs'), '.2f')} epochs, {row.get('steps')} steps, "
+        f"{_fmt(row.get('train_seconds'), '.1f')} s, {_fmt(row.get('images_per_second'), ',.0f')} img/s "
+        f"on {row.get('device_name')}",
+        f"  clean acc   {_fmt(row.get('clean_acc'))}   val acc {_fmt(row.get('val_acc'))}",
+    ]
+    if row.get("robust_acc") is not None:
+        lines.append(f"  robust acc  {_fmt(row.get('robust_acc'))} at eps {_fmt(row.get('robust_eps'), '.4g')} "
+                     f"(AutoAttack {row.get('aa_headline_version', '')}, {row.get('aa_n', '')} points)")
+    curve = row.get("aa_curve")
+    if curve:
+        pts = "  ".join(f"{c['norm']} {c['eps']:.4g}: {c['acc']:.3f}" for c in curve)
+        lines.append(f"  AA curve    {pts}")
+    if row.get("cond_max") is not None:
+        lines.append(f"  cond_max    {_fmt(row.get('cond_max'), '.4g')}   log10 prod kappa "
+                     f"{_fmt(row.get('log10_cond_prod'), '.3g')}")
+    if row.get("aa_flags"):
+        lines.append(f"  AA flags    {row.get('aa_flags')}")
+    lines.append(f"  written     {path}")
+    return "\n".join(lines)
+
+
+def cmd_list(args) -> int:
+    from bench.registry import METHODS, MODELS, TRACKS
+
+    if args.tracks:
+        for name, t in TRACKS.items():
+            print(f"{name:18s} {t.dataset:14s} {t.arch:10s} {t.epochs:g} epochs, compression {t.compression:g}  {t.description}")
+        return 0
+    if args.models:
+        for name, fn in MODELS.items():
+            doc = (fn.__doc__ or "").strip().splitlines()
+            print(f"{name:14s} {doc[0] if doc else ''}")
+        return 0
+    for name, cls in METHODS.items():
+        print(f"{name:18s} {cls.summary()}")
+    for name, err in sorted(METHODS.load_errors.items()):
+        print(f"{name:18s} (failed to load: {err})")
+    return 0
+
+
+def results_dir_default(arg: str | None) -> str:
+    return arg or os.environ.get("BENCH_RESULTS_DIR") or "results"
+
+
+def cmd_show(args) -> int:
+    import warnings
+
+    from bench.results import read_results
+    from bench.summary import summary_table
+
+    d = results_dir_default(args.results_dir)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        df = read_results(d)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    if args.track:
+        df = df[df["track"] == args.track]
+    if df.empty:
+        print(f"no results in {d}. Produce some with: bench run --method dense --results-dir {d}")
+        return 0
+    print(summary_table(df, per_run=args.all).to_string(index=False))
+    return 0
+
+
+def cmd_leaderboard(args) -> int:
+    import subprocess
+    from pathlib import Path
+
+    app = Path(__file__).resolve().parent.parent / "leaderboard_app" / "app.py"
+    env = dict(os.environ)
+    env["BENCH_RESULTS_DIR"] = str(Path(results_dir_default(args.results_dir)).resolve())
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
+           "--server.address", args.host, "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    print(f"serving the leaderboard on http://{args.host}:{args.port} (results: {env['BENCH_RESULTS_DIR']})", flush=True)
+    return subprocess.call(cmd, env=env)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from bench.data import DataError
+    from bench.method import ParamError
+    from bench.registry import RegistryError
+    from bench.train import BudgetError
+
+    handlers = {"run": cmd_run, "list": cmd_list, "show": cmd_show, "leaderboard": cmd_leaderboard}
+    try:
+        return handlers[args.command](args)
+    except (RegistryError, ParamError, DataError, BudgetError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

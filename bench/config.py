@@ -1,0 +1,80 @@
+"""Frozen configuration dataclasses: a Track (the benchmark setting) and a RunConfig (one run).
+
+Configuration flows one way: CLI flags -> RunConfig -> runner. The resolved
+config is saved as JSON with every result row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """How a track evaluates a trained model. ε are on the [0, 1] pixel scale."""
+
+    n_eval: int = 200  # test points attacked (AutoAttack, FGSM, PGD); clean accuracy uses the whole test split
+    linf_eps: tuple[float, ...] = (0.02, 0.05, 0.1)  # AutoAttack Linf curve
+    headline_eps: float = 0.05  # the ε reported as robust_acc / robust_eps
+    headline_version: str = "standard"  # AutoAttack version at the headline ε
+    curve_attacks: tuple[str, ...] = ("apgd-ce", "apgd-t")  # the rest of the curve (version 'custom')
+    l2_eps: tuple[float, ...] = ()  # optional AutoAttack L2 curve (same attack set as the curve)
+    fgsm_eps: tuple[float, ...] = (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06)  # paper grid
+    pgd_linf_eps: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1)
+    pgd_l2_eps: tuple[float, ...] = (0.1, 0.3, 0.5, 1.0)
+    pgd_steps: int = 20
+    sensitivity_points: int = 64  # test points for the empirical relative condition number
+
+
+@dataclass(frozen=True)
+class Track:
+    """A named benchmark setting: data + model + budget + compression target + evaluation."""
+
+    name: str
+    dataset: str
+    arch: str
+    description: str = ""
+    epochs: float = 10
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    # piecewise-constant schedule on the fraction of the budget spent: lr *= gamma at each milestone
+    lr_milestones: tuple[float, ...] = (0.583, 0.833)  # the paper's epochs 70 and 100 of 120
+    lr_gamma: float = 0.3
+    augment: Literal["none", "crop_flip"] = "none"
+    val_fraction: float = 0.25  # the paper holds out 25% of the training set
+    compression: float = 0.5
+    eval: EvalProtocol = field(default_factory=EvalProtocol)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines one run. Fields left None take the track's value."""
+
+    method: str
+    track: str = "digits-cnn"
+    seed: int = 0
+    method_params: dict[str, Any] = field(default_factory=dict)
+    epochs: float | None = None
+    budget_seconds: float | None = None
+    compression: float | None = None
+    device: str | None = None
+    data_dir: str | None = None
+    results_dir: str = "results"
+    n_eval: int | None = None
+    aa_version: str | None = None  # None: the track's mix; 'standard' or 'plus' forces one version everywhere
+    skip_attacks: bool = False  # clean metrics only (fast smoke runs)
+    batch_size: int | None = None
+    num_threads: int | None = None
+    progress: bool = True
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)

@@ -1,0 +1,170 @@
+"""The contract between the trainer and a compression method.
+
+The trainer owns the loop, the data order, augmentation, batch size, the
+learning-rate schedule and the budget. A method only customises:
+
+* ``build(model, ctx)``: convert the freshly initialised dense model (e.g.
+  factorise layers) and return the model to train;
+* ``make_optimizer(model, hp)``: the optimizer over its parameters (default:
+  SGD with the trainer's lr/momentum/weight decay over ``param_groups``);
+* ``post_step(model, progress)``: called after every optimizer step with the
+  fraction of the budget spent, in [0, 1] (pruning schedules, projections);
+* ``finalize(model)``: once after training (e.g. make pruning masks permanent);
+* ``describe(model)``: extra facts for the result row (ranks, sparsities).
+
+Parameters are a frozen dataclass ``Params`` with defaults; the CLI validates
+``--param key=value`` against it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """A method without parameters."""
+
+
+@dataclass(frozen=True)
+class OptimHP:
+    """Optimizer hyper-parameters owned by the trainer (identical for every method)."""
+
+    lr: float
+    momentum: float
+    weight_decay: float
+    nesterov: bool = False
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a method may know when it converts the dense model."""
+
+    compression: float  # target fraction of inference-form parameters removed, 0 = dense
+    example_input: Any  # a torch.Tensor batch of shape (1, C, H, W) on the training device
+    total_steps: int | None  # optimizer steps in the budget when it is epoch-based, else None
+    seed: int
+
+
+class Method:
+    """Base class of every compression method. Subclass, set ``Params``, register."""
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+    #: True when the method changes the parameter count (so ``--compression`` applies).
+    compresses: ClassVar[bool] = True
+
+    def __init__(self, params: Any | None = None):
+        self.params = params if params is not None else self.Params()
+
+    # -- hooks ----------------------------------------------------------------
+    def build(self, model, ctx: BuildContext):
+        return model
+
+    def param_groups(self, model) -> list[dict]:
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+
+    def make_optimizer(self, model, hp: OptimHP):
+        import torch
+
+        return torch.optim.SGD(
+            self.param_groups(model), lr=hp.lr, momentum=hp.momentum,
+            weight_decay=hp.weight_decay, nesterov=hp.nesterov and hp.momentum > 0,
+        )
+
+    def post_step(self, model, progress: float) -> None:
+        return None
+
+    def finalize(self, model) -> None:
+        return None
+
+    def describe(self, model) -> dict:
+        """Extra JSON-able facts for the result row (e.g. ``{"ranks": {...}}``)."""
+        return {}
+
+    @classmethod
+    def summary(cls) -> str:
+        doc = (cls.__doc__ or "").strip().splitlines()
+        return doc[0] if doc else ""
+
+
+# -- parameters --------------------------------------------------------------
+class ParamError(ValueError):
+    """A bad ``--param`` for a method; the message is meant for users."""
+
+
+def parse_params(params_cls: type, items: list[str] | dict[str, Any] | None):
+    """Build ``params_cls`` from ``["key=value", ...]`` (CLI) or a dict, validating names and types."""
+    if items is None:
+        items = {}
+    fields = {f.name: f for f in dataclasses.fields(params_cls)}
+    hints = typing.get_type_hints(params_cls)
+    raw: dict[str, Any] = {}
+    if isinstance(items, dict):
+        raw = dict(items)
+    else:
+        for item in items:
+            if "=" not in item:
+                raise ParamError(f"--param expects key=value, got {item!r}")
+            k, v = item.split("=", 1)
+            raw[k.strip()] = v.strip()
+    values = {}
+    for k, v in raw.items():
+        if k not in fields:
+            known = ", ".join(sorted(fields)) or "(none)"
+            raise ParamError(f"unknown parameter {k!r} for {params_cls.__qualname__}; known parameters: {known}")
+        values[k] = _coerce(k, v, hints[k])
+    try:
+        obj = params_cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ParamError(str(exc)) from exc
+    return obj
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if origin is typing.Literal:
+        for a in args:
+            if str(a) == str(value):
+                return a
+        raise ParamError(f"parameter {key!r} must be one of {', '.join(map(str, args))}, got {value!r}")
+    if origin is typing.Union:
+        non_none = [a for a in args if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        return _coerce(key, value, non_none[0])
+    if not isinstance(value, str):
+        if typ is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
+    try:
+        if typ is bool:
+            low = value.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if typ in (int, float, str):
+            return typ(value)
+        return json.loads(value)
+    except (ValueError, json.JSONDecodeError):
+        raise ParamError(f"parameter {key!r} expects {getattr(typ, '__name__', typ)}, got {value!r}") from None
+
+
+def params_to_dict(params: Any) -> dict:
+    return dataclasses.asdict(params) if dataclasses.is_dataclass(params) else {}
+
+
+def params_id(method: str, params: Any) -> str:
+    """Stable id like ``robust_lowrank[kappa=1.5,mode=approx_orth]`` (benchopt style)."""
+    d = params_to_dict(params)
+    if not d:
+        return method
+    return method + "[" + ",".join(f"{k}={d[k]}" for k in sorted(d)) + "]"

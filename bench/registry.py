@@ -1,0 +1,144 @@
+"""Strict name -> object registries for methods, models and tracks.
+
+One dict per registry; a decorator registers; a duplicate name raises; an
+unknown name raises an error listing every available name and the closest
+matches. Built-in entries are imported lazily from a list of modules and
+third-party entries come from an entry-point group, both on first lookup, so
+``import bench`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import threading
+from importlib.metadata import entry_points
+from typing import Any, Callable, Generic, Iterable, TypeVar
+
+T = TypeVar("T")
+
+
+class RegistryError(LookupError):
+    """An unknown or duplicate registry name; the message is meant for users."""
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str, *, builtin_modules: Iterable[str] = (), entry_point_group: str | None = None):
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+        self._builtin_modules = tuple(builtin_modules)
+        self._entry_point_group = entry_point_group
+        self._loaded = False
+        self._loading = False
+        self._lock = threading.RLock()
+        self.load_errors: dict[str, str] = {}
+
+    # -- registration -------------------------------------------------------
+    def register(self, name: str | None = None) -> Callable[[T], T]:
+        """Decorator: ``@REG.register("name")``; the name defaults to ``obj.name`` or ``obj.__name__``."""
+
+        def deco(obj: T) -> T:
+            key = name or getattr(obj, "name", None) or getattr(obj, "__name__")
+            self.add(key, obj)
+            return obj
+
+        return deco
+
+    def add(self, name: str, obj: T) -> None:
+        if not isinstance(name, str) or not name:
+            raise RegistryError(f"{self.kind} names must be non-empty strings, got {name!r}")
+        with self._lock:
+            if name in self._entries and self._entries[name] is not obj:
+                raise RegistryError(f"duplicate {self.kind} name {name!r}: already registered by {_where(self._entries[name])}")
+            self._entries[name] = obj
+            if hasattr(obj, "name") and isinstance(obj, type):
+                try:
+                    setattr(obj, "name", name)
+                except (AttributeError, TypeError):
+                    pass
+
+    # -- lookup ---------------------------------------------------------------
+    def _ensure_loaded(self) -> None:
+        with self._lock:
+            if self._loaded or self._loading:
+                return
+            self._loading = True
+            try:
+                for mod in self._builtin_modules:
+                    importlib.import_module(mod)
+                if self._entry_point_group:
+                    for ep in entry_points(group=self._entry_point_group):
+                        if ep.name in self._entries:
+                            # A plugin that collides with a built-in is an error, reported on lookup.
+                            obj = self._entries[ep.name]
+                            try:
+                                loaded = ep.load()
+                            except Exception as exc:  # noqa: BLE001 - reported, not fatal for the rest
+                                self.load_errors[ep.name] = f"{type(exc).__name__}: {exc}"
+                                continue
+                            if loaded is not obj:
+                                self.load_errors[ep.name] = (
+                                    f"duplicate {self.kind} name {ep.name!r}: entry point {ep.value} "
+                                    f"collides with {_where(obj)}"
+                                )
+                            continue
+                        try:
+                            obj = ep.load()
+                        except Exception as exc:  # noqa: BLE001
+                            self.load_errors[ep.name] = f"{type(exc).__name__}: {exc}"
+                            continue
+                        if ep.name not in self._entries:
+                            self.add(ep.name, obj)
+                self._loaded = True
+            finally:
+                self._loading = False
+
+    def names(self) -> list[str]:
+        self._ensure_loaded()
+        return sorted(self._entries)
+
+    def items(self) -> list[tuple[str, T]]:
+        self._ensure_loaded()
+        return sorted(self._entries.items())
+
+    def __contains__(self, name: object) -> bool:
+        self._ensure_loaded()
+        return name in self._entries
+
+    def get(self, name: str) -> T:
+        self._ensure_loaded()
+        if name in self._entries:
+            return self._entries[name]
+        if name in self.load_errors:
+            raise RegistryError(f"{self.kind} {name!r} failed to load: {self.load_errors[name]}")
+        available = sorted(self._entries)
+        close = difflib.get_close_matches(name, available, n=3, cutoff=0.5)
+        msg = f"unknown {self.kind} {name!r}."
+        if close:
+            msg += f" Did you mean: {', '.join(close)}?"
+        msg += f" Available {self.kind}s: {', '.join(available) or '(none)'}."
+        raise RegistryError(msg)
+
+
+def _where(obj: Any) -> str:
+    mod = getattr(obj, "__module__", "?")
+    qual = getattr(obj, "__qualname__", type(obj).__name__)
+    return f"{mod}.{qual}"
+
+
+BUILTIN_METHOD_MODULES = (
+    "methods.dense",
+)
+
+METHODS: Registry[Any] = Registry("method", builtin_modules=BUILTIN_METHOD_MODULES, entry_point_group="bench.methods")
+MODELS: Registry[Any] = Registry("model", builtin_modules=("bench.models",))
+TRACKS: Registry[Any] = Registry("track", builtin_modules=("bench.tracks",))
+
+
+def register_method(name: str | None = None):
+    """Register a :class:`bench.method.Method` subclass under ``name``."""
+    return METHODS.register(name)
+
+
+def register_model(name: str | None = None):
+    return MODELS.register(name)

@@ -1,0 +1,160 @@
+"""The results store: one parquet file per run, written atomically; a tolerant reader.
+
+Only this module writes result files. A row is a flat dict; list and dict
+values become parquet list/struct columns (numbers stay numbers). Run
+provenance is also copied into the parquet file's key-value metadata.
+
+Required columns (other parts of the project read them by these names):
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any, Iterable
+
+REQUIRED_COLUMNS: tuple[str, ...] = (
+    "run_id", "status", "error", "method", "method_params", "track", "dataset", "arch", "seed",
+    "compression_target", "compression", "n_params", "n_params_dense", "epochs", "train_seconds",
+    "images_per_second", "device", "n_test", "clean_acc", "robust_acc", "robust_eps", "cond_max",
+)
+PROVENANCE_COLUMNS: tuple[str, ...] = (
+    "created_at", "git_commit", "python_version", "torch_version", "torchvision_version",
+    "pyautoattack_version", "device_name", "config_json",
+)
+__doc__ += "\n" + ", ".join(REQUIRED_COLUMNS) + "\n\nProvenance: " + ", ".join(PROVENANCE_COLUMNS) + "\n"
+
+#: Columns that must be floats even when a run left them empty (so parquet types stay numeric).
+FLOAT_COLUMNS = (
+    "compression_target", "compression", "train_seconds", "images_per_second", "clean_acc",
+    "robust_acc", "robust_eps", "cond_max", "epochs",
+)
+INT_COLUMNS = ("seed", "n_params", "n_params_dense", "n_test")
+
+FILE_GLOB = "*.parquet"
+
+
+class ResultsError(RuntimeError):
+    pass
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def _normalise(row: dict[str, Any]) -> dict[str, Any]:
+    out = {c: None for c in REQUIRED_COLUMNS}
+    out.update(row)
+    missing = [c for c in ("run_id", "status", "method", "track") if not out.get(c)]
+    if missing:
+        raise ResultsError(f"result row lacks {', '.join(missing)}")
+    if out["status"] not in ("ok", "failed"):
+        raise ResultsError(f"status must be 'ok' or 'failed', got {out['status']!r}")
+    for c in FLOAT_COLUMNS:
+        if out.get(c) is not None:
+            out[c] = float(out[c])
+    for c in INT_COLUMNS:
+        if out.get(c) is not None:
+            out[c] = int(out[c])
+    if isinstance(out.get("method_params"), dict):
+        out["method_params"] = json.dumps(out["method_params"], sort_keys=True)
+    return out
+
+
+def _table(row: dict[str, Any]):
+    import pyarrow as pa
+
+    fields = []
+    arrays = []
+    for k, v in row.items():
+        if k in FLOAT_COLUMNS:
+            typ = pa.float64()
+        elif k in INT_COLUMNS:
+            typ = pa.int64()
+        elif k in ("run_id", "status", "error", "method", "method_params", "track", "dataset", "arch", "device"):
+            typ = pa.string()
+        else:
+            typ = None
+        arr = pa.array([v], type=typ) if typ is not None else pa.array([v])
+        fields.append(pa.field(k, arr.type))
+        arrays.append(arr)
+    meta = {b"bench.provenance": json.dumps({k: row.get(k) for k in PROVENANCE_COLUMNS}, default=str).encode()}
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=meta))
+
+
+def write_row(row: dict[str, Any], results_dir: str | os.PathLike) -> Path:
+    """Write one run's row to ``<results_dir>/<track>__<method>__<run_id>.parquet`` atomically."""
+    import pyarrow.parquet as pq
+
+    row = _normalise(row)
+    d = Path(results_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    name = f"{_safe(row['track'])}__{_safe(row['method'])}__{_safe(row['run_id'])}.parquet"
+    final = d / name
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=d)
+    os.close(fd)
+    try:
+        pq.write_table(_table(row), tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return final
+
+
+def _safe(s: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in str(s))
+
+
+def result_files(results_dir: str | os.PathLike) -> list[Path]:
+    d = Path(results_dir)
+    if not d.is_dir():
+        return []
+    return sorted(p for p in d.glob(FILE_GLOB) if not p.name.startswith(".tmp-"))
+
+
+def read_results(results_dir: str | os.PathLike, *, on_skip=None):
+    """All rows under ``results_dir`` as one DataFrame.
+
+    A file that cannot be read is skipped with a :class:`UserWarning` naming it
+    (and passed to ``on_skip(path, reason)`` when given); the rest still load.
+    Never unpickles and never runs code from results.
+    """
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    frames = []
+    for path in result_files(results_dir):
+        try:
+            df = pq.read_table(path).to_pandas()
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped, loudly
+            reason = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"skipping unreadable results file {path}: {reason}", UserWarning, stacklevel=2)
+            if on_skip is not None:
+                on_skip(path, reason)
+            continue
+        df["source_file"] = path.name
+        frames.append(df)
+    if not frames:
+        return pd.DataFrame(columns=list(REQUIRED_COLUMNS) + list(PROVENANCE_COLUMNS))
+    frames = [f.dropna(axis=1, how="all") if len(frames) > 1 else f for f in frames]
+    df = pd.concat(frames, ignore_index=True, sort=False)
+    for c in REQUIRED_COLUMNS + PROVENANCE_COLUMNS:
+        if c not in df.columns:
+            df[c] = None
+    for c in FLOAT_COLUMNS:
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
+    for c in INT_COLUMNS:
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
+    return df
+
+
+def iter_rows(results_dir) -> Iterable[dict]:
+    return read_results(results_dir).to_dict("records")

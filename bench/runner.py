@@ -1,0 +1,217 @@
+"""One run: config -> data -> model -> method -> train -> evaluate -> one result row."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+import platform
+import random
+import subprocess
+import traceback
+from pathlib import Path
+from typing import Any
+
+from bench.config import RunConfig, Track
+from bench.method import BuildContext, Method, OptimHP, parse_params, params_id, params_to_dict
+from bench.registry import METHODS, TRACKS
+from bench.results import new_run_id, write_row
+
+
+class RunError(RuntimeError):
+    """A run that failed after it started; a 'failed' row was written."""
+
+    def __init__(self, msg: str, row: dict | None = None, path: Path | None = None):
+        super().__init__(msg)
+        self.row = row
+        self.path = path
+
+
+@dataclasses.dataclass
+class Prepared:
+    cfg: RunConfig
+    track: Track
+    method_cls: type
+    params: Any
+    epochs: float | None
+    budget_seconds: float | None
+    compression: float
+    n_eval: int
+
+
+def prepare(cfg: RunConfig) -> Prepared:
+    """Validate a config before anything expensive happens (names, parameters, ranges)."""
+    track: Track = TRACKS.get(cfg.track)
+    method_cls = METHODS.get(cfg.method)
+    if not (isinstance(method_cls, type) and issubclass(method_cls, Method)):
+        raise TypeError(f"method {cfg.method!r} is not a bench.method.Method subclass")
+    params = parse_params(method_cls.Params, cfg.method_params)
+    compression = track.compression if cfg.compression is None else float(cfg.compression)
+    if not 0.0 <= compression < 1.0:
+        raise ValueError(f"--compression must be in [0, 1), got {compression}")
+    if not method_cls.compresses:
+        compression = 0.0
+    epochs = cfg.epochs
+    budget_seconds = cfg.budget_seconds
+    if epochs is None and budget_seconds is None:
+        epochs = track.epochs
+    if epochs is not None and not epochs > 0:
+        raise ValueError(f"--epochs must be > 0, got {epochs}")
+    if budget_seconds is not None and not budget_seconds > 0:
+        raise ValueError(f"--budget-seconds must be > 0, got {budget_seconds}")
+    n_eval = track.eval.n_eval if cfg.n_eval is None else int(cfg.n_eval)
+    if n_eval < 0:
+        raise ValueError(f"--n-eval must be >= 0, got {n_eval}")
+    if cfg.aa_version not in (None, "standard", "plus"):
+        raise ValueError(f"--aa-version must be 'standard' or 'plus', got {cfg.aa_version!r}")
+    return Prepared(cfg, track, method_cls, params, epochs, budget_seconds, compression, n_eval)
+
+
+def resolve_device(name: str | None):
+    import torch
+
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def provenance(device) -> dict[str, Any]:
+    import torch
+    import torchvision
+
+    try:
+        from importlib.metadata import version
+
+        aa_version = version("pyautoattack")
+    except Exception:  # noqa: BLE001
+        aa_version = None
+    if device.type == "cuda":
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        device_name = f"cpu: {platform.processor() or platform.machine()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    return {
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "python_version": platform.python_version(),
+        "torch_version": torch.__version__,
+        "torchvision_version": torchvision.__version__,
+        "pyautoattack_version": aa_version,
+        "device_name": device_name,
+        "hostname": platform.node(),
+    }
+
+
+def git_commit() -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        if out.returncode != 0:
+            return None
+        commit = out.stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run(cfg: RunConfig, *, prepared: Prepared | None = None, log=print) -> tuple[dict, Path]:
+    """Run one configuration and write its row. Returns (row, path). Raises RunError after writing a failed row."""
+    import torch
+
+    from bench.compression import compression_of, inference_param_count
+    from bench.data import load_dataset
+    from bench.evaluate import EvalContext, evaluate
+    from bench.models import build_model
+    from bench.train import Budget, train
+
+    p = prepared or prepare(cfg)
+    track = p.track
+    device = resolve_device(cfg.device)
+    if cfg.num_threads:
+        torch.set_num_threads(int(cfg.num_threads))
+    run_id = new_run_id()
+    resolved = {
+        "run": json.loads(cfg.to_json()),
+        "track": track.to_dict(),
+        "method_params": params_to_dict(p.params),
+        "epochs": p.epochs, "budget_seconds": p.budget_seconds,
+        "compression_target": p.compression, "n_eval": p.n_eval, "device": str(device),
+        "batch_size": cfg.batch_size or track.batch_size,
+    }
+    row: dict[str, Any] = {
+        "run_id": run_id, "status": "ok", "error": None,
+        "method": cfg.method, "method_params": json.dumps(params_to_dict(p.params), sort_keys=True),
+        "method_id": params_id(cfg.method, p.params),
+        "track": track.name, "dataset": track.dataset, "arch": track.arch, "seed": cfg.seed,
+        "compression_target": p.compression, "device": str(device),
+        "budget_epochs": p.epochs, "budget_seconds": p.budget_seconds,
+        "config_json": json.dumps(resolved, sort_keys=True, default=str),
+    }
+    row.update(provenance(device))
+    # A data set that cannot be found is a set-up error, not a failed run: no row is written.
+    data = load_dataset(track.dataset, cfg.data_dir, val_fraction=track.val_fraction)
+    try:
+        row["data_source"] = data.source
+        row["n_train"] = int(len(data.y_train))
+        row["n_val"] = int(len(data.y_val))
+        mean, std = data.channel_stats()
+        model_kwargs = dict(num_classes=data.num_classes, in_channels=data.in_channels,
+                            image_size=data.image_size, mean=mean, std=std)
+        seed_everything(cfg.seed)
+        dense = build_model(track.arch, **model_kwargs)
+        row["n_params_dense"] = inference_param_count(dense)
+        method: Method = p.method_cls(p.params)
+        batch_size = cfg.batch_size or track.batch_size
+        steps_per_epoch = -(-len(data.y_train) // batch_size)
+        total_steps = int(-(-p.epochs * steps_per_epoch // 1)) if p.epochs is not None and p.budget_seconds is None else None
+        dense = dense.to(device)
+        example = data.x_train[:1].to(device)
+        ctx = BuildContext(compression=p.compression, example_input=example, total_steps=total_steps, seed=cfg.seed)
+        model = method.build(dense, ctx).to(device)
+        hp = OptimHP(lr=track.lr, momentum=track.momentum, weight_decay=track.weight_decay, nesterov=track.nesterov)
+        stats = train(model, method, data.x_train, data.y_train, hp=hp,
+                      budget=Budget(epochs=p.epochs, seconds=p.budget_seconds), batch_size=batch_size,
+                      lr_milestones=track.lr_milestones, lr_gamma=track.lr_gamma, augment=track.augment,
+                      seed=cfg.seed, device=device, progress=cfg.progress)
+        method.finalize(model)
+        model.eval()
+        row.update({
+            "epochs": stats.epochs, "steps": stats.steps, "train_seconds": stats.train_seconds,
+            "images_per_second": stats.images_per_second, "stopped_by": stats.stopped_by,
+            "final_train_loss": stats.last_loss,
+        })
+        row["n_params"] = inference_param_count(model)
+        row["compression"] = compression_of(row["n_params"], row["n_params_dense"])
+        details = method.describe(model)
+        if details:
+            row["method_details"] = json.dumps(details, sort_keys=True, default=float)
+        state_dir = Path(cfg.results_dir) / ".state" / run_id
+        ectx = EvalContext(device=device, n_eval=p.n_eval, aa_version=cfg.aa_version,
+                           skip_attacks=cfg.skip_attacks, state_dir=state_dir,
+                           dense_factory=lambda: build_model(track.arch, **model_kwargs),
+                           progress=cfg.progress, seed=cfg.seed)
+        row.update(evaluate(model, data, track.eval, ectx))
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 - recorded as a failed row, then re-raised for the caller
+        row["status"] = "failed"
+        row["error"] = f"{type(exc).__name__}: {exc}"
+        row["traceback"] = traceback.format_exc()
+        path = write_row(row, cfg.results_dir)
+        raise RunError(row["error"], row, path) from exc
+    path = write_row(row, cfg.results_dir)
+    return row, path

@@ -1,0 +1,1 @@
+"""Built-in compression methods, one file each. See bench.method for the contract."""
