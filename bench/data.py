@@ -188,7 +188,7 @@ def _read_idx(path: Path) -> np.ndarray:
         raise DataError(f"{path} is not an unsigned-byte IDX file")
     dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    return arr.reshape(dims)
+    return arr.reshape(dims).copy()  # frombuffer is read-only; torch wants writable memory
 
 
 def _read_idx_dir(d: Path):

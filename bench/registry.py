@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
+import pkgutil
 import threading
 from importlib.metadata import entry_points
 from typing import Any, Callable, Generic, Iterable, TypeVar
@@ -23,10 +25,12 @@ class RegistryError(LookupError):
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, *, builtin_modules: Iterable[str] = (), entry_point_group: str | None = None):
+    def __init__(self, kind: str, *, builtin_modules: Iterable[str] = (), builtin_packages: Iterable[str] = (),
+                 entry_point_group: str | None = None):
         self.kind = kind
         self._entries: dict[str, T] = {}
         self._builtin_modules = tuple(builtin_modules)
+        self._builtin_packages = tuple(builtin_packages)
         self._entry_point_group = entry_point_group
         self._loaded = False
         self._loading = False
@@ -64,8 +68,13 @@ class Registry(Generic[T]):
                 return
             self._loading = True
             try:
-                for mod in self._builtin_modules:
-                    importlib.import_module(mod)
+                for mod in self._builtin_modules + self._package_modules():
+                    try:
+                        importlib.import_module(mod)
+                    except RegistryError:
+                        raise  # a duplicate name among built-ins is a bug to fix, not to hide
+                    except Exception as exc:  # noqa: BLE001 - one broken file must not hide the others
+                        self.load_errors[mod] = f"{type(exc).__name__}: {exc}"
                 if self._entry_point_group:
                     for ep in entry_points(group=self._entry_point_group):
                         if ep.name in self._entries:
@@ -93,6 +102,18 @@ class Registry(Generic[T]):
             finally:
                 self._loading = False
 
+    def _package_modules(self) -> tuple[str, ...]:
+        """Every module of the built-in packages: dropping a file into ``methods/`` registers it."""
+        mods = []
+        for pkg in self._builtin_packages:
+            spec = importlib.util.find_spec(pkg)
+            if spec is None or not spec.submodule_search_locations:
+                continue
+            for info in pkgutil.iter_modules(spec.submodule_search_locations):
+                if not info.name.startswith("_"):
+                    mods.append(f"{pkg}.{info.name}")
+        return tuple(sorted(mods))
+
     def names(self) -> list[str]:
         self._ensure_loaded()
         return sorted(self._entries)
@@ -111,12 +132,15 @@ class Registry(Generic[T]):
             return self._entries[name]
         if name in self.load_errors:
             raise RegistryError(f"{self.kind} {name!r} failed to load: {self.load_errors[name]}")
+        broken = [f"{m} ({e})" for m, e in sorted(self.load_errors.items()) if "." in m]
         available = sorted(self._entries)
         close = difflib.get_close_matches(name, available, n=3, cutoff=0.5)
         msg = f"unknown {self.kind} {name!r}."
         if close:
             msg += f" Did you mean: {', '.join(close)}?"
         msg += f" Available {self.kind}s: {', '.join(available) or '(none)'}."
+        if broken:
+            msg += f" Modules that failed to import: {'; '.join(broken)}."
         raise RegistryError(msg)
 
 
@@ -126,11 +150,14 @@ def _where(obj: Any) -> str:
     return f"{mod}.{qual}"
 
 
+#: Built-in methods: every module in the ``methods`` package is imported on first lookup (one file = one
+#: method); modules listed here are imported too (kept for methods that live elsewhere).
 BUILTIN_METHOD_MODULES = (
     "methods.dense",
 )
 
-METHODS: Registry[Any] = Registry("method", builtin_modules=BUILTIN_METHOD_MODULES, entry_point_group="bench.methods")
+METHODS: Registry[Any] = Registry("method", builtin_modules=BUILTIN_METHOD_MODULES, builtin_packages=("methods",),
+                                  entry_point_group="bench.methods")
 MODELS: Registry[Any] = Registry("model", builtin_modules=("bench.models",))
 TRACKS: Registry[Any] = Registry("track", builtin_modules=("bench.tracks",))
 

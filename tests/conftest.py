@@ -1,0 +1,47 @@
+"""Shared fixtures. Tests never use absolute data paths: real data sets are found through
+BENCH_DATA_DIR or the repository's sibling folder ../shared/data, and skipped when absent."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _bench_exe() -> list[str]:
+    exe = Path(sys.executable).parent / "bench"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "bench.cli"]
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    """A folder holding the real mnist.npz / cifar10.npz (skips the test when there is none)."""
+    for cand in (os.environ.get("BENCH_DATA_DIR"), REPO.parent / "shared" / "data"):
+        if cand and (Path(cand) / "mnist.npz").exists():
+            return Path(cand)
+    pytest.skip("no real MNIST found: set BENCH_DATA_DIR to a folder with mnist.npz")
+
+
+@pytest.fixture(scope="session")
+def run_bench():
+    """Run the real `bench` console script in a subprocess; returns CompletedProcess (text)."""
+
+    def _run(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 600):
+        full_env = dict(os.environ)
+        full_env.pop("BENCH_RESULTS_DIR", None)
+        if env:
+            full_env.update(env)
+        return subprocess.run(_bench_exe() + list(args), capture_output=True, text=True, env=full_env,
+                              cwd=str(cwd or REPO), timeout=timeout)
+
+    return _run

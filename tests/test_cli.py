@@ -1,0 +1,73 @@
+"""End to end through the real `bench` console script, in subprocesses."""
+
+import json
+
+import pytest
+
+from bench.results import PROVENANCE_COLUMNS, REQUIRED_COLUMNS, read_results
+
+
+def test_list_methods_and_tracks(run_bench):
+    r = run_bench("list")
+    assert r.returncode == 0 and "dense" in r.stdout
+    r = run_bench("list", "--tracks")
+    for t in ("digits-cnn", "mnist-lenet5", "fashion-lenet5", "cifar10-vgg16", "cifar10-wrn16-4"):
+        assert t in r.stdout
+
+
+def test_run_dense_writes_one_row_with_provenance(tmp_path, run_bench):
+    out = tmp_path / "res"
+    r = run_bench("run", "--method", "dense", "--epochs", "3", "--no-attacks", "--results-dir", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "clean acc" in r.stdout and "written" in r.stdout
+    files = list(out.glob("*.parquet"))
+    assert len(files) == 1
+    df = read_results(out)
+    row = df.iloc[0]
+    for c in REQUIRED_COLUMNS + PROVENANCE_COLUMNS:
+        assert c in df.columns
+    assert row["status"] == "ok" and row["method"] == "dense" and row["track"] == "digits-cnn"
+    assert row["clean_acc"] > 0.5  # 3 epochs on digits already learn a lot
+    assert row["n_test"] == 360 and row["compression"] == 0.0 and row["epochs"] == 3.0
+    assert row["train_seconds"] > 0 and row["images_per_second"] > 0
+    for c in ("created_at", "python_version", "torch_version", "device_name", "config_json"):
+        assert row[c]
+    cfg = json.loads(row["config_json"])
+    assert cfg["track"]["name"] == "digits-cnn" and cfg["epochs"] == 3.0
+
+    shown = run_bench("show", "--results-dir", str(out))
+    assert shown.returncode == 0 and "dense" in shown.stdout
+
+
+def test_bad_param_and_bad_budget_are_clean_errors(tmp_path, run_bench):
+    r = run_bench("run", "--method", "dense", "--param", "rank=3", "--results-dir", str(tmp_path))
+    assert r.returncode == 2 and "unknown parameter 'rank'" in r.stderr and "Traceback" not in r.stderr
+    r = run_bench("run", "--method", "dense", "--epochs", "-1", "--results-dir", str(tmp_path))
+    assert r.returncode == 2 and "--epochs must be > 0" in r.stderr
+    r = run_bench("run", "--method", "dense", "--track", "mnist-lenet", "--results-dir", str(tmp_path))
+    assert r.returncode == 2 and "Did you mean: mnist-lenet5" in r.stderr
+    assert not list(tmp_path.glob("*.parquet"))
+
+
+def test_seconds_budget(tmp_path, run_bench):
+    r = run_bench("run", "--method", "dense", "--budget-seconds", "1", "--no-attacks", "--results-dir", str(tmp_path),
+                  "--quiet")
+    assert r.returncode == 0, r.stderr
+    row = read_results(tmp_path).iloc[0]
+    assert row["stopped_by"] == "seconds" and 1.0 <= row["train_seconds"] < 3.0
+
+
+def test_mnist_lenet5_with_real_data(tmp_path, run_bench, shared_data_dir):
+    r = run_bench("run", "--method", "dense", "--track", "mnist-lenet5", "--epochs", "0.1", "--no-attacks",
+                  "--results-dir", str(tmp_path), "--quiet", env={"BENCH_DATA_DIR": str(shared_data_dir)})
+    assert r.returncode == 0, r.stderr
+    row = read_results(tmp_path).iloc[0]
+    assert row["dataset"] == "mnist" and row["arch"] == "lenet5" and row["n_test"] == 10000
+    assert row["n_params_dense"] == 431_080
+    assert row["clean_acc"] > 0.8  # a tenth of an epoch of LeNet5 on MNIST
+
+
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"]])
+def test_help(run_bench, args):
+    r = run_bench(*args)
+    assert r.returncode == 0 and "usage" in r.stdout

@@ -1,0 +1,61 @@
+import warnings
+
+import pandas as pd
+import pytest
+
+from bench.results import REQUIRED_COLUMNS, ResultsError, read_results, write_row
+
+
+def _row(**kw):
+    r = {"run_id": "abc123", "status": "ok", "method": "dense", "track": "digits-cnn", "seed": 0,
+         "clean_acc": 0.9, "n_params": 10, "n_params_dense": 10, "compression": 0.0,
+         "aa_curve": [{"norm": "Linf", "eps": 0.1, "acc": 0.5}], "layer_kappa": [1.0, 2.5]}
+    r.update(kw)
+    return r
+
+
+def test_roundtrip_numbers_stay_numbers(tmp_path):
+    path = write_row(_row(), tmp_path)
+    assert path.parent == tmp_path and path.suffix == ".parquet"
+    df = read_results(tmp_path)
+    assert len(df) == 1
+    for c in REQUIRED_COLUMNS:
+        assert c in df.columns
+    assert df["clean_acc"].dtype == "float64" and df["robust_acc"].dtype == "float64"
+    assert pd.api.types.is_integer_dtype(df["n_params"])
+    assert list(df["layer_kappa"].iloc[0]) == [1.0, 2.5]
+    assert df["aa_curve"].iloc[0][0]["eps"] == 0.1
+
+
+def test_failed_write_leaves_nothing_behind(tmp_path):
+    good = write_row(_row(run_id="good"), tmp_path)
+    with pytest.raises(Exception):
+        write_row(_row(run_id="bad", weird=object()), tmp_path)  # pyarrow cannot store an object
+    assert sorted(p.name for p in tmp_path.iterdir()) == [good.name]
+    assert read_results(tmp_path)["run_id"].tolist() == ["good"]
+
+
+def test_unreadable_file_is_skipped_with_warning(tmp_path):
+    write_row(_row(run_id="r1"), tmp_path)
+    write_row(_row(run_id="r2", method="pruning"), tmp_path)
+    bad = tmp_path / "broken.parquet"
+    bad.write_bytes(b"not parquet at all")
+    skipped = []
+    with pytest.warns(UserWarning, match="broken.parquet"):
+        df = read_results(tmp_path, on_skip=lambda p, why: skipped.append(p))
+    assert sorted(df["run_id"]) == ["r1", "r2"]
+    assert skipped == [bad]
+
+
+def test_rows_are_validated(tmp_path):
+    with pytest.raises(ResultsError, match="status"):
+        write_row(_row(status="maybe"), tmp_path)
+    with pytest.raises(ResultsError, match="lacks run_id"):
+        write_row(_row(run_id=""), tmp_path)
+
+
+def test_empty_dir_gives_empty_frame_with_columns(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        df = read_results(tmp_path / "nothing-here")
+    assert df.empty and "clean_acc" in df.columns
