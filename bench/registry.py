@@ -154,6 +154,10 @@ def _where(obj: Any) -> str:
 #: method); modules listed here are imported too (kept for methods that live elsewhere).
 BUILTIN_METHOD_MODULES = (
     "methods.dense",
+    "methods.vanilla_lowrank",
+    "methods.pruning",
+    "methods.robust_lowrank",
+    "methods.svd_prune",
 )
 
 METHODS: Registry[Any] = Registry("method", builtin_modules=BUILTIN_METHOD_MODULES, builtin_packages=("methods",),

@@ -1,0 +1,527 @@
+"""Low-rank layers W = U S Vᵀ (Linear and Conv2d), matched-compression rank plans, and the
+manifold step of CondLR (orthonormal U, V; conditioned S).
+
+* :class:`LowRankLinear` and :class:`LowRankConv2d` hold ``U`` (n×r), ``S`` (r×r, or ``None``
+  for the plain U Vᵀ form) and ``V`` (m×r), where the layer's weight reshaped to
+  out × (in·kh·kw) is U S Vᵀ. A convolution runs as two convolutions (Vᵀ as an
+  (r, in, kh, kw) kernel, then a 1×1 convolution with U·S) when that is cheaper, else
+  as one convolution with the kernel U S Vᵀ built on the fly.
+* Their inference form merges U·S: n·r + r·m (+ bias) parameters, or n·m when that is
+  no more (a full-rank layer merges back to one matrix). :meth:`merged` exports it.
+* :func:`plan_ranks` picks per-layer ranks so that a model's inference-form parameter
+  count is within 1 % of (1 − c) of the dense count; every low-rank method shares it.
+* :class:`ManifoldSGD` is momentum SGD in which each CondLR layer's U and V stay
+  orthonormal (tangent projection + Cholesky-QR retraction) and S is conditioned
+  (κ(S) ≤ κ̄ or κ(S) = 1) after every step.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from bench.compression import inference_param_count
+
+# A layer whose conditioning would be reported as exactly κ̄ could read as κ̄(1 + 1e-7) after
+# float32 rounding; clamping to a bound this much tighter keeps every reported κ ≤ κ̄.
+_KAPPA_MARGIN = 1e-4
+
+
+# --------------------------------------------------------------------------------------------
+# layers
+# --------------------------------------------------------------------------------------------
+class _LowRank(nn.Module):
+    """Shared parts of the factorised layers: parameters, the effective matrix, counting, merging."""
+
+    def __init__(self, n: int, m: int, rank: int, *, with_s: bool, bias: bool):
+        super().__init__()
+        if not 1 <= rank <= min(n, m):
+            raise ValueError(f"rank must be in [1, {min(n, m)}], got {rank}")
+        self.n, self.m, self.rank = n, m, rank
+        self.U = nn.Parameter(torch.empty(n, rank))
+        self.S = nn.Parameter(torch.empty(rank, rank)) if with_s else None
+        self.V = nn.Parameter(torch.empty(m, rank))
+        self.bias = nn.Parameter(torch.zeros(n)) if bias else None
+        #: True while U, V are kept orthonormal and S conditioned (set by CondLR)
+        self.orthonormal = False
+
+    # -- the contract other modules rely on --------------------------------------------------
+    def lowrank_factors(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(U, S, V) with the weight matrix (out × in·kh·kw) equal to U S Vᵀ (S is None: U Vᵀ)."""
+        return self.U, self.S, self.V
+
+    def us(self) -> torch.Tensor:
+        return self.U if self.S is None else self.U @ self.S
+
+    def dense_matrix(self) -> torch.Tensor:
+        return self.us() @ self.V.t()
+
+    def factored(self) -> bool:
+        """Whether the inference form keeps two factors (it does when that saves parameters)."""
+        return self.rank * (self.n + self.m) < self.n * self.m
+
+    def _inference_param_count(self) -> int:
+        weights = self.rank * (self.n + self.m) if self.factored() else self.n * self.m
+        return weights + (self.n if self.bias is not None else 0)
+
+    def extra_repr(self) -> str:
+        form = "U S Vᵀ" if self.S is not None else "U Vᵀ"
+        return f"{self.m} -> {self.n}, rank={self.rank}, {form}, orthonormal={self.orthonormal}"
+
+    # -- initialisation from a dense weight -----------------------------------------------------
+    @torch.no_grad()
+    def init_from_matrix(self, W: torch.Tensor, *, split: str, preserve_norm: bool = False) -> None:
+        """Truncated SVD of W (n×m). split: 'usv' (U, diag σ, V), 'balanced' (U√σ, V√σ; S = I if any).
+
+        preserve_norm: scale the kept singular values so that ‖U S Vᵀ‖_F = ‖W‖_F (for a fresh
+        initialisation; a trained weight is truncated as it is).
+        """
+        Uf, sig_all, Vh = torch.linalg.svd(W.detach().float(), full_matrices=False)
+        r = self.rank
+        U, sig, V = Uf[:, :r], sig_all[:r], Vh[:r].t()
+        if preserve_norm:
+            # A truncated random initialisation keeps only part of its energy (about r/min(n, m) of
+            # it), so the signal shrinks layer by layer and training starts on a plateau; scaling
+            # the kept singular values restores the dense initialisation's ‖W‖_F.
+            sig = sig * (sig_all.norm() / sig.norm())
+        if split == "usv" and self.S is not None:
+            self.U.copy_(U)
+            self.V.copy_(V)
+            self.S.copy_(torch.diag(sig))
+        elif split in ("balanced", "usv"):  # usv without an S: split σ evenly
+            root = sig.sqrt()
+            self.U.copy_(U * root)
+            self.V.copy_(V * root)
+            if self.S is not None:
+                self.S.copy_(torch.eye(r))
+        else:
+            raise ValueError(f"unknown split {split!r}")
+
+
+class LowRankLinear(_LowRank):
+    """A Linear layer with weight U S Vᵀ (or U Vᵀ)."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, *, with_s: bool = True, bias: bool = True):
+        super().__init__(out_features, in_features, rank, with_s=with_s, bias=bias)
+        self.in_features, self.out_features = in_features, out_features
+
+    def forward(self, x):
+        if self.factored():
+            return F.linear(F.linear(x, self.V.t()), self.us(), self.bias)
+        return F.linear(x, self.dense_matrix(), self.bias)
+
+    def dense_weight(self) -> torch.Tensor:
+        return self.dense_matrix()
+
+    def inference_param_count(self) -> int:
+        """n·r + r·m (+ bias) with U·S merged, or n·m (+ bias) when that is no more."""
+        # defined in each layer class: bench.compression only trusts a class's own count
+        return self._inference_param_count()
+
+    @torch.no_grad()
+    def merged(self) -> nn.Module:
+        """The inference form as plain modules: Linear(in→r, Vᵀ) then Linear(r→out, U·S), or one Linear."""
+        dev, dt = self.U.device, self.U.dtype
+        has_bias = self.bias is not None
+        if not self.factored():
+            lin = nn.Linear(self.m, self.n, bias=has_bias, device=dev, dtype=dt)
+            lin.weight.copy_(self.dense_matrix())
+            if has_bias:
+                lin.bias.copy_(self.bias)
+            return lin
+        first = nn.Linear(self.m, self.rank, bias=False, device=dev, dtype=dt)
+        first.weight.copy_(self.V.t())
+        second = nn.Linear(self.rank, self.n, bias=has_bias, device=dev, dtype=dt)
+        second.weight.copy_(self.us())
+        if has_bias:
+            second.bias.copy_(self.bias)
+        return nn.Sequential(first, second)
+
+    @classmethod
+    def from_dense(cls, layer: nn.Linear, rank: int, *, with_s: bool = True, split: str = "usv",
+                   preserve_norm: bool = False) -> "LowRankLinear":
+        new = cls(layer.in_features, layer.out_features, rank, with_s=with_s, bias=layer.bias is not None)
+        new = new.to(device=layer.weight.device, dtype=layer.weight.dtype)
+        new.init_from_matrix(layer.weight, split=split, preserve_norm=preserve_norm)
+        if layer.bias is not None:
+            with torch.no_grad():
+                new.bias.copy_(layer.bias)
+        return new
+
+
+class LowRankConv2d(_LowRank):
+    """A Conv2d (groups=1) whose kernel reshaped to out × (in·kh·kw) is U S Vᵀ."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, rank: int, *, stride=1, padding=0,
+                 dilation=1, with_s: bool = True, bias: bool = True):
+        kh, kw = _pair(kernel_size)
+        super().__init__(out_channels, in_channels * kh * kw, rank, with_s=with_s, bias=bias)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = (kh, kw)
+        self.stride, self.padding, self.dilation = _pair(stride), padding if isinstance(padding, str) else _pair(padding), _pair(dilation)
+
+    def _conv(self, x, weight, bias):
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation)
+
+    def forward(self, x):
+        if self.factored():
+            # Vᵀ as an (r, in, kh, kw) kernel, then a 1×1 convolution with U·S: r·(in·kh·kw + out)
+            # multiply-adds per output pixel instead of out·in·kh·kw.
+            h = self._conv(x, self.V.t().reshape(self.rank, self.in_channels, *self.kernel_size), None)
+            return F.conv2d(h, self.us().reshape(self.n, self.rank, 1, 1), self.bias)
+        return self._conv(x, self.dense_weight(), self.bias)
+
+    def dense_weight(self) -> torch.Tensor:
+        return self.dense_matrix().reshape(self.out_channels, self.in_channels, *self.kernel_size)
+
+    def inference_param_count(self) -> int:
+        """n·r + r·m (+ bias) with U·S merged, or n·m (+ bias) when that is no more."""
+        # defined in each layer class: bench.compression only trusts a class's own count
+        return self._inference_param_count()
+
+    @torch.no_grad()
+    def merged(self) -> nn.Module:
+        """The inference form as plain modules: Conv2d(in→r, k×k, Vᵀ) then a 1×1 Conv2d(r→out, U·S), or one Conv2d."""
+        dev, dt = self.U.device, self.U.dtype
+        has_bias = self.bias is not None
+        kw = dict(stride=self.stride, padding=self.padding, dilation=self.dilation, device=dev, dtype=dt)
+        if not self.factored():
+            conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, bias=has_bias, **kw)
+            conv.weight.copy_(self.dense_weight())
+            if has_bias:
+                conv.bias.copy_(self.bias)
+            return conv
+        first = nn.Conv2d(self.in_channels, self.rank, self.kernel_size, bias=False, **kw)
+        first.weight.copy_(self.V.t().reshape(self.rank, self.in_channels, *self.kernel_size))
+        second = nn.Conv2d(self.rank, self.out_channels, 1, bias=has_bias, device=dev, dtype=dt)
+        second.weight.copy_(self.us().reshape(self.n, self.rank, 1, 1))
+        if has_bias:
+            second.bias.copy_(self.bias)
+        return nn.Sequential(first, second)
+
+    @classmethod
+    def from_dense(cls, layer: nn.Conv2d, rank: int, *, with_s: bool = True, split: str = "usv",
+                   preserve_norm: bool = False) -> "LowRankConv2d":
+        if not is_factorizable(layer):
+            raise ValueError("only Conv2d with groups=1 and zero padding can be factorised")
+        new = cls(layer.in_channels, layer.out_channels, layer.kernel_size, rank, stride=layer.stride,
+                  padding=layer.padding, dilation=layer.dilation, with_s=with_s, bias=layer.bias is not None)
+        new = new.to(device=layer.weight.device, dtype=layer.weight.dtype)
+        new.init_from_matrix(layer.weight.reshape(layer.out_channels, -1), split=split, preserve_norm=preserve_norm)
+        if layer.bias is not None:
+            with torch.no_grad():
+                new.bias.copy_(layer.bias)
+        return new
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def is_factorizable(mod: nn.Module) -> bool:
+    if isinstance(mod, nn.Linear):
+        return True
+    return isinstance(mod, nn.Conv2d) and mod.groups == 1 and mod.padding_mode == "zeros"
+
+
+def lowrank_from_dense(layer: nn.Module, rank: int, *, with_s: bool = True, split: str = "usv",
+                       preserve_norm: bool = False) -> _LowRank:
+    """The rank-``rank`` factorisation of a Linear or Conv2d layer (truncated SVD of its weight)."""
+    cls = LowRankLinear if isinstance(layer, nn.Linear) else LowRankConv2d
+    return cls.from_dense(layer, rank, with_s=with_s, split=split, preserve_norm=preserve_norm)
+
+
+def lowrank_layers(model: nn.Module) -> list[tuple[str, _LowRank]]:
+    return [(name, mod) for name, mod in model.named_modules() if isinstance(mod, _LowRank)]
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def export_merged(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in its inference form: every low-rank layer replaced by :meth:`merged`."""
+    out = copy.deepcopy(model)
+    for name, mod in lowrank_layers(out):
+        replace_module(out, name, mod.merged())
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# matched compression: one rank plan for every low-rank method
+# --------------------------------------------------------------------------------------------
+@dataclass
+class RankPlan:
+    """Per-layer ranks that meet a parameter target; layers absent from ``ranks`` stay dense."""
+
+    compression: float
+    target: int  # inference-form parameters wanted: round((1 - c) * dense)
+    dense_params: int
+    planned_params: int
+    rank_fraction: float  # the global fraction found by bisection, before per-layer adjustment
+    ranks: dict[str, int] = field(default_factory=dict)
+    full_ranks: dict[str, int] = field(default_factory=dict)  # min(n, m) of every candidate layer
+    kept_dense: list[str] = field(default_factory=list)  # candidates left dense (full rank)
+
+    @property
+    def achieved_compression(self) -> float:
+        return 1.0 - self.planned_params / self.dense_params
+
+    def describe(self) -> dict:
+        return {"ranks": dict(self.ranks), "full_ranks": dict(self.full_ranks), "dense_layers": list(self.kept_dense),
+                "rank_fraction": self.rank_fraction, "planned_params": self.planned_params,
+                "target_params": self.target}
+
+
+def classifier_name(model: nn.Module) -> str | None:
+    """The last Linear layer in module order: kept full rank by the low-rank methods."""
+    last = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            last = name
+    return last
+
+
+def _matrix_shape(mod: nn.Module) -> tuple[int, int]:
+    w = mod.weight
+    return int(w.shape[0]), int(w[0].numel())
+
+
+def plan_ranks(model: nn.Module, compression: float, *, keep_dense: Iterable[str] = (), tol: float = 0.01,
+               min_share: float = 0.01) -> RankPlan:
+    """Ranks for the Linear/Conv2d layers of a dense ``model`` that meet the compression target.
+
+    One global rank fraction f is found by bisection (layer rank = round(f · min(n, m)), at least
+    1); a layer where r·(n + m) ≥ n·m saves nothing and stays dense. Layers holding less than
+    ``min_share`` of the dense parameters stay dense too: they barely move the count, and the
+    global fraction would cut them to rank 1 or 2 (a first convolution with one 3×3 filter
+    shared by all its channels; on digits that alone costs 20 points of accuracy after 3 epochs).
+    Because one rank step of a big layer can exceed 1 % of the target, single-layer ±1 rank
+    moves then bring the count close to the target. Raises ValueError when the target cannot be
+    met within ``tol`` (relative to the target).
+    """
+    if not 0.0 <= compression < 1.0:
+        raise ValueError(f"compression must be in [0, 1), got {compression}")
+    keep = set(keep_dense)
+    dense = inference_param_count(model)
+    target = round((1.0 - compression) * dense)
+    cand: dict[str, tuple[int, int]] = {}
+    for name, mod in model.named_modules():
+        if name and name not in keep and is_factorizable(mod) and not isinstance(mod, _LowRank):
+            n, m = _matrix_shape(mod)
+            if n * m >= min_share * dense:
+                cand[name] = (n, m)
+            elif is_factorizable(mod):
+                keep.add(name)
+    weights = sum(n * m for n, m in cand.values())
+    fixed = dense - weights  # everything the plan does not touch: biases, other layers, norms
+
+    def layer_count(name: str, r: int) -> int:
+        n, m = cand[name]
+        return min(r * (n + m), n * m)
+
+    def ranks_at(f: float) -> dict[str, int]:
+        return {k: min(max(1, round(f * min(n, m))), min(n, m)) for k, (n, m) in cand.items()}
+
+    def total(ranks: dict[str, int]) -> int:
+        return fixed + sum(layer_count(k, r) for k, r in ranks.items())
+
+    lo, hi = 0.0, 1.0
+    if total(ranks_at(1.0)) <= target:
+        lo = 1.0
+    else:
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if total(ranks_at(mid)) <= target else (lo, mid)
+    ranks = ranks_at(lo)
+    count = total(ranks)
+    # Fine adjustment: the ±1 rank move that brings the count closest to the target, until the
+    # count is within a quarter of the tolerance or no move helps (so small layers are rarely touched).
+    while abs(count - target) > tol * target / 4:
+        best = None
+        for k, r in ranks.items():
+            for nr in (r - 1, r + 1):
+                if not 1 <= nr <= min(cand[k]):
+                    continue
+                c = count - layer_count(k, r) + layer_count(k, nr)
+                if abs(c - target) < abs((best[2] if best else count) - target):
+                    best = (k, nr, c)
+        if best is None:
+            break
+        ranks[best[0]], count = best[1], best[2]
+    if abs(count - target) > tol * target:
+        lowest = total({k: 1 for k in cand})
+        raise ValueError(
+            f"compression {compression:g} cannot be matched within {tol:.0%}: target {target} parameters, "
+            f"closest plan {count} (dense {dense}, lowest reachable by factorising {lowest})")
+    factorised = {k: r for k, r in ranks.items() if r * sum(cand[k]) < cand[k][0] * cand[k][1]}
+    return RankPlan(
+        compression=compression, target=target, dense_params=dense, planned_params=count, rank_fraction=lo,
+        ranks=factorised, full_ranks={k: min(nm) for k, nm in cand.items()},
+        kept_dense=sorted(set(cand) - set(factorised) | (keep & {n for n, _ in model.named_modules()})),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# the CondLR manifold step
+# --------------------------------------------------------------------------------------------
+def cholesky_qr(X: torch.Tensor) -> torch.Tensor:
+    """The Q factor of X (…×n×r, full column rank) with diag(R) > 0, from R = chol(XᵀX).
+
+    Only matmuls, an r×r Cholesky and a triangular solve. Its loss of orthogonality is about
+    eps·κ(X)², harmless here: the retraction feeds it U − η·d with d ⟂ U, whose κ² = 1 + η²‖d‖².
+    Falls back to Householder QR when the Cholesky fails.
+    """
+    G = X.transpose(-1, -2) @ X
+    L, info = torch.linalg.cholesky_ex(G)
+    if X.device.type == "cpu" and bool(info.any()):  # only checked where it costs no device sync
+        Q, R = torch.linalg.qr(X)
+        return Q * torch.sign(torch.diagonal(R, dim1=-2, dim2=-1)).unsqueeze(-2)
+    # X = Q Lᵀ  =>  Q = X L⁻ᵀ
+    return torch.linalg.solve_triangular(L.transpose(-1, -2), X, upper=True, left=False)
+
+
+def project_tangent(X: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+    """(I − XXᵀ) D: the component of D orthogonal to span(X) (the part S cannot absorb)."""
+    return D - X @ (X.transpose(-1, -2) @ D)
+
+
+def effective_bound(kappa_bar: float) -> float:
+    return 1.0 + (kappa_bar - 1.0) * (1.0 - _KAPPA_MARGIN)
+
+
+@torch.no_grad()
+def condition_s_exact(S: torch.Tensor, mode: str, kappa_bar: float) -> torch.Tensor:
+    """Constrain S with a full SVD (used once at initialisation and as the fallback)."""
+    P, s, Qh = torch.linalg.svd(S)
+    if mode == "mean":
+        a = (s.square().sum() / s.numel()).sqrt()
+        return (P @ Qh) * a  # the closest scaled orthogonal matrix
+    s_new = _clamp_spectrum(s, kappa_bar)
+    return (P * s_new) @ Qh
+
+
+def _clamp_spectrum(s: torch.Tensor, kappa_bar: float) -> torch.Tensor:
+    """Clamp singular values to [mean − e, mean + e], e = mean·(κ − 1)/(κ + 1), so max/min ≤ κ."""
+    k = effective_bound(kappa_bar)
+    mean = s.mean(dim=-1, keepdim=True)
+    e = mean * (k - 1.0) / (k + 1.0)
+    return torch.minimum(torch.maximum(s, mean - e), mean + e)
+
+
+@torch.no_grad()
+def condition_s_(S: torch.Tensor, mode: str, kappa_bar: float) -> None:
+    """Constrain S in place after a step (S is then close to a constrained matrix).
+
+    approx_orth: S = P diag(s) Qᵀ from the eigen-decomposition SᵀS = Q diag(s²) Qᵀ (an r×r eigh,
+    several times cheaper than an SVD); the singular values are clamped around their mean, and
+    S ← S Q diag(s'/s) Qᵀ = P diag(s') Qᵀ, so κ(S) ≤ κ̄.
+    mean: a = tr(SSᵀ)/r and S ← √a · Q_S, the Q factor of S (Cholesky-QR, positive diag(R)): κ(S) = 1.
+    Both are accurate to about eps·κ(S)² before the step; a step that made S badly conditioned
+    (κ > 10) takes the SVD path instead.
+    """
+    r = S.shape[-1]
+    if mode == "mean":
+        a = S.square().sum() / r
+        Q = cholesky_qr(S)
+        if not torch.isfinite(Q).all():
+            S.copy_(condition_s_exact(S, mode, kappa_bar))
+            return
+        S.copy_(Q * a.sqrt())
+        return
+    lam, Q = torch.linalg.eigh(S.t() @ S)  # ascending
+    if S.device.type == "cpu" and not bool(lam[0] > lam[-1] * 1e-2):  # κ(S) > 10: eigh would be too coarse
+        S.copy_(condition_s_exact(S, mode, kappa_bar))
+        return
+    s = lam.clamp_min(torch.finfo(lam.dtype).tiny).sqrt()
+    s_new = _clamp_spectrum(s, kappa_bar)
+    S.copy_((S @ (Q * (s_new / s))) @ Q.t())
+
+
+class ManifoldSGD(torch.optim.SGD):
+    """Momentum SGD for CondLR: U, V of every listed layer stay orthonormal and S conditioned.
+
+    One step, per layer (REFERENCE.md §2): the gradients of U and V are projected onto the
+    tangent space, d ← (I − UUᵀ)d, and scaled by 1/a with a = ‖S‖²_F / r (so a step moves the
+    weight U S Vᵀ about as much as a dense SGD step would, whatever the scale of S); then plain
+    momentum SGD (S and every other parameter get weight decay, U and V none); then U and V
+    are retracted with Cholesky-QR and S is conditioned. All of it runs in every step, so the
+    invariants (‖UᵀU − I‖ ≈ 1e-6, κ(S) ≤ κ̄) hold after every step.
+
+    The momentum buffer is not re-projected onto the new tangent space: its normal component
+    there is O(lr), so the within-span rotation it adds is O(lr²) and the retraction absorbs
+    it; re-projecting would cost as much as the gradient projection (4·n·r² flops per factor).
+    Per factor the step costs about 7·n·r² flops: Uᵀg, the projection, XᵀX, one triangular
+    solve; per layer one r×r Cholesky and eigh, no SVD.
+
+    The trainer writes ``lr`` into both parameter groups; U and V are in the one marked
+    ``stiefel``.
+    """
+
+    def __init__(self, model: nn.Module, layers: list[_LowRank], *, lr: float, momentum: float, weight_decay: float,
+                 nesterov: bool = False, mode: str = "approx_orth", kappa_bar: float = 1.5):
+        if mode not in ("approx_orth", "mean"):
+            raise ValueError(f"mode must be 'approx_orth' or 'mean', got {mode!r}")
+        self.layers = list(layers)
+        self.mode, self.kappa_bar = mode, kappa_bar
+        stiefel = [p for l in self.layers for p in (l.U, l.V)]
+        ids = {id(p) for p in stiefel}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+        groups = [{"params": rest}, {"params": stiefel, "weight_decay": 0.0, "stiefel": True}]
+        super().__init__(groups, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                         nesterov=nesterov and momentum > 0)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for l in self.layers:
+            inv_a = float(l.rank / l.S.square().sum()) if l.S.device.type == "cpu" else l.rank / l.S.square().sum()
+            for X in (l.U, l.V):
+                g = X.grad
+                if g is not None:  # g ← (g − X Xᵀ g) / a, one fused matmul
+                    if isinstance(inv_a, float):
+                        g.addmm_(X, X.t() @ g, beta=inv_a, alpha=-inv_a)
+                    else:
+                        g.sub_(X @ (X.t() @ g)).mul_(inv_a)
+        super().step()
+        for l in self.layers:
+            l.U.copy_(cholesky_qr(l.U))
+            l.V.copy_(cholesky_qr(l.V))
+            condition_s_(l.S, self.mode, self.kappa_bar)
+        return loss
+
+
+@torch.no_grad()
+def orthonormalize_layer_(layer: _LowRank, mode: str, kappa_bar: float) -> None:
+    """Put a layer exactly on the constraint set (orthonormal U, V; conditioned S) with full QR/SVD."""
+    for X in (layer.U, layer.V):
+        Q, R = torch.linalg.qr(X)
+        d = torch.sign(torch.diagonal(R))
+        X.copy_(Q * d)
+        # keep U S Vᵀ unchanged up to the conditioning: fold R into S
+        R = R * d.unsqueeze(1)
+        layer.S.copy_(R @ layer.S if X is layer.U else layer.S @ R.t())
+    layer.S.copy_(condition_s_exact(layer.S, mode, kappa_bar))
+    layer.orthonormal = True
+
+
+def layer_condition(layer: _LowRank) -> float:
+    """κ of U S Vᵀ (via QR of U and V), equal to κ(S) when U, V are orthonormal."""
+    with torch.no_grad():
+        U, S, V = layer.lowrank_factors()
+        Ru = torch.linalg.qr(U.double())[1]
+        Rv = torch.linalg.qr(V.double())[1]
+        core = Ru @ (S.double() if S is not None else torch.eye(U.shape[1], dtype=torch.float64)) @ Rv.t()
+        s = torch.linalg.svdvals(core)
+        return float(s[0] / s[-1])

@@ -1,0 +1,76 @@
+"""The paper's SVD-prune baseline: dense training, then each layer truncated to its rank, then fine-tuning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bench.lowrank import classifier_name, lowrank_from_dense, plan_ranks, replace_module
+from bench.method import BuildContext, Method, OptimHP
+from bench.registry import register_method
+
+
+@dataclass(frozen=True)
+class SVDPruneParams:
+    #: fraction of the budget trained dense before the truncation; the rest fine-tunes the factors
+    switch: float = 0.5
+
+    def __post_init__(self):
+        if not 0.0 <= self.switch <= 1.0:
+            raise ValueError(f"switch must be in [0, 1], got {self.switch}")
+
+
+@register_method("svd_prune")
+class SVDPrune(Method):
+    """Dense training, truncated SVD to the low-rank ranks at `switch` of the budget, then fine-tuning."""
+
+    Params = SVDPruneParams
+
+    def build(self, model, ctx: BuildContext):
+        keep = classifier_name(model)
+        self.plan = plan_ranks(model, ctx.compression, keep_dense=[keep] if keep else [])
+        self.truncated = False
+        self._optimizer = None
+        return model
+
+    def make_optimizer(self, model, hp: OptimHP):
+        # The trainer builds the optimizer once; at the switch the dense weights leave its
+        # parameter groups and the new factors join the same groups, so the trainer keeps
+        # setting their lr (lr_scale stays as it was). Their momentum starts from zero.
+        self._optimizer = super().make_optimizer(model, hp)
+        return self._optimizer
+
+    def post_step(self, model, progress: float) -> None:
+        if not self.truncated and progress >= self.params.switch:
+            self.truncate(model)
+
+    def finalize(self, model) -> None:
+        if not self.truncated:  # a budget too short to reach the switch still ends compressed
+            self.truncate(model)
+
+    def truncate(self, model) -> None:
+        """Replace every planned layer by the U√σ, V√σ factors of its truncated SVD."""
+        for name, rank in self.plan.ranks.items():
+            old = model.get_submodule(name)
+            new = lowrank_from_dense(old, rank, with_s=False, split="balanced").train(model.training)
+            replace_module(model, name, new)
+            if self._optimizer is not None:
+                _swap_params(self._optimizer, list(old.parameters()), list(new.parameters()))
+        self.truncated = True
+
+    def describe(self, model) -> dict:
+        d = self.plan.describe() if hasattr(self, "plan") else {}
+        d["switch"] = self.params.switch
+        return d
+
+
+def _swap_params(opt, old: list, new: list) -> None:
+    """Drop ``old`` from the optimizer (and its state); add ``new`` to the group that held old[0]."""
+    ids = {id(p) for p in old}
+    home = None
+    for g in opt.param_groups:
+        if any(id(p) in ids for p in g["params"]):
+            home = home or g
+            g["params"] = [p for p in g["params"] if id(p) not in ids]
+    for p in old:
+        opt.state.pop(p, None)
+    (home or opt.param_groups[0])["params"].extend(new)

@@ -1,0 +1,38 @@
+"""Plain low-rank factorisation (the paper's LoRA-style baseline): W = U Vᵀ (or U S Vᵀ), no constraint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from bench.lowrank import classifier_name, lowrank_from_dense, plan_ranks, replace_module
+from bench.method import BuildContext, Method
+from bench.registry import register_method
+
+
+@dataclass(frozen=True)
+class VanillaParams:
+    #: uv: W = U Vᵀ (initialised U√σ, V√σ from the SVD of the initial weight); usv: U S Vᵀ, S free
+    form: Literal["uv", "usv"] = "uv"
+
+
+@register_method("vanilla_lowrank")
+class VanillaLowRank(Method):
+    """Factorised layers U Vᵀ trained directly by SGD, the same ranks as robust_lowrank."""
+
+    Params = VanillaParams
+
+    def build(self, model, ctx: BuildContext):
+        keep = classifier_name(model)
+        self.plan = plan_ranks(model, ctx.compression, keep_dense=[keep] if keep else [])
+        usv = self.params.form == "usv"
+        for name, rank in self.plan.ranks.items():
+            new = lowrank_from_dense(model.get_submodule(name), rank, with_s=usv, split="usv" if usv else "balanced",
+                                     preserve_norm=True)
+            replace_module(model, name, new)
+        return model
+
+    def describe(self, model) -> dict:
+        d = self.plan.describe() if hasattr(self, "plan") else {}
+        d["form"] = self.params.form
+        return d
