@@ -177,16 +177,38 @@ def cmd_show(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
+    """Serve leaderboard_app/app.py with Streamlit; this process becomes the server (stop it by its PID)."""
+    import socket
     import subprocess
     from pathlib import Path
 
     app = Path(__file__).resolve().parent.parent / "leaderboard_app" / "app.py"
+    results = Path(results_dir_default(args.results_dir)).resolve()
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    # Fail with a clear message now rather than a Streamlit traceback after start-up.
+    try:
+        infos = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as s:
+            s.bind(infos[0][4])
+    except OSError as exc:
+        print(f"error: cannot serve on {args.host}:{args.port}: {exc.strerror or exc} "
+              f"(pick another port with --port)", file=sys.stderr)
+        return 2
     env = dict(os.environ)
-    env["BENCH_RESULTS_DIR"] = str(Path(results_dir_default(args.results_dir)).resolve())
-    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
-           "--server.address", args.host, "--server.headless", "true", "--browser.gatherUsageStats", "false"]
-    print(f"serving the leaderboard on http://{args.host}:{args.port} (results: {env['BENCH_RESULTS_DIR']})", flush=True)
-    return subprocess.call(cmd, env=env)
+    env["BENCH_RESULTS_DIR"] = str(results)
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app),
+           "--server.port", str(args.port), "--server.address", args.host, "--server.headless", "true",
+           "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+           "--client.toolbarMode", "minimal", "--theme.base", "light"]
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    note = "" if results.is_dir() else " (does not exist yet)"
+    print(f"leaderboard: http://{shown}:{args.port}/  results: {results}{note}\n"
+          f"stop it with Ctrl-C or `kill {os.getpid()}`", flush=True)
+    if os.name == "posix":
+        # exec, so the PID printed above (and the one a caller holds) is the server itself.
+        os.execve(sys.executable, cmd, env)
+    return subprocess.call(cmd, env=env)  # pragma: no cover - non-POSIX
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,1 @@
+"""The Streamlit leaderboard (``bench leaderboard``). ``data`` holds its pure, testable data shaping."""
