@@ -64,7 +64,8 @@ def _empty_page(loaded: lbd.Loaded) -> None:
         st.info(f"No readable results in `{d}`.", icon=":material/inbox:")
     else:
         st.info(f"No results in `{d}` yet.", icon=":material/inbox:")
-    st.markdown("Train and evaluate a first network (about 10 seconds on a laptop CPU), then reload this page:")
+    st.markdown("Train and evaluate a first network on the offline digits track (CPU is enough), "
+                "then reload this page:")
     st.code(f"bench run --method dense --results-dir {shlex.quote(d)}", language="bash")
     st.markdown("Then add a compressed one, for example:")
     st.code(f"bench list\nbench run --method <name> --compression 0.5 --results-dir {shlex.quote(d)}", language="bash")

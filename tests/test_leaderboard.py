@@ -96,6 +96,9 @@ def mixed_runs(real_runs, tmp_path_factory) -> dict:
     row = _handmade(real_runs, method="handmade_prune", method_id="handmade_prune[amount=0.9]",
                     method_params=json.dumps({"amount": 0.9}), compression_target=0.9, compression=0.9,
                     n_params=15000, method_details=json.dumps({"sparsity": {"conv1": 0.9}}), **_curves(0.9))
+    if not row.get("layer_kappa"):  # rows from before the conditioning metrics: supply the lists
+        row.update(layer_names=["conv1", "fc1"], layer_kappa=[3.5, 12.0], layer_spectral_norm=[1.2, 2.5],
+                   layer_ranks=[8, 40], cond_max=12.0)
     ids["full"] = row["run_id"]
     write_row(row, d)
     row = _handmade(real_runs, track="mnist-lenet5", dataset="mnist", method="handmade_prune",
