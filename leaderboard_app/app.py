@@ -257,9 +257,9 @@ def main() -> None:
     st.caption(f"Track **{track}** · {len(lb)} of {len(lb_all)} configurations · {len(shown_runs)} runs shown"
                + (f" · {n_failed} failed run(s) hidden" if hide_failed and n_failed else ""))
     _headline(lb, ok_lb, shown_runs, eps_label)
-    _table_section(lb, lb_all, shown_runs, track, eps_label)
+    picked = _table_section(lb, lb_all, shown_runs, track, eps_label)
     _plots(ok_lb, shown_runs, all_methods, eps_label)
-    _run_detail(shown_runs, lb)
+    _run_detail(shown_runs, lb, picked)
 
 
 def _headline(lb: pd.DataFrame, ok_lb: pd.DataFrame, shown_runs: pd.DataFrame, eps_label: str) -> None:
@@ -277,15 +277,18 @@ def _headline(lb: pd.DataFrame, ok_lb: pd.DataFrame, shown_runs: pd.DataFrame, e
 
 
 def _table_section(lb: pd.DataFrame, lb_all: pd.DataFrame, shown_runs: pd.DataFrame, track: str,
-                   eps_label: str) -> None:
+                   eps_label: str) -> pd.DataFrame | None:
+    """The table and its downloads; returns the row ticked in the table (a one-row frame), if any."""
     st.subheader("Leaderboard")
     if lb.empty:
         st.info("No configuration matches these filters." if not lb_all.empty else
                 "Every run of this track failed: untick **Hide failed runs** to see them.")
-        return
-    st.dataframe(lbd.display_table(lb), hide_index=True, column_config=_column_config(eps_label), key="table")
+        return None
+    event = st.dataframe(lbd.display_table(lb), hide_index=True, column_config=_column_config(eps_label), key="table",
+                         on_select="rerun", selection_mode="single-row")
     st.caption("One row per method, settings and compression target; mean over seeds (± std in percentage "
-               "points). Robust accuracy is AutoAttack's at the track's headline ε. Click a header to sort.")
+               "points). Robust accuracy is AutoAttack's at the track's headline ε. Click a header to sort, "
+               "tick a row to pick its runs in the run detail below.")
     export = lbd.export_table(lb)
     parquet = "application/vnd.apache.parquet"
     c1, c2, c3, _ = st.columns([1, 1, 1, 2])
@@ -295,6 +298,8 @@ def _table_section(lb: pd.DataFrame, lb_all: pd.DataFrame, shown_runs: pd.DataFr
                        on_click="ignore", key="dl_parquet", icon=":material/download:")
     c3.download_button("Runs behind it (parquet)", lbd.to_parquet_bytes(lbd.export_table(shown_runs)),
                        f"runs-{track}.parquet", parquet, on_click="ignore", key="dl_runs", icon=":material/download:")
+    rows = list(getattr(getattr(event, "selection", None), "rows", None) or [])
+    return lb.iloc[[rows[0]]] if rows and 0 <= rows[0] < len(lb) else None
 
 
 def _plots(ok_lb: pd.DataFrame, shown_runs: pd.DataFrame, all_methods: list[str], eps_label: str) -> None:
@@ -340,8 +345,12 @@ def _plots(ok_lb: pd.DataFrame, shown_runs: pd.DataFrame, all_methods: list[str]
             st.altair_chart(chart, width="stretch")
 
 
-def _run_detail(shown_runs: pd.DataFrame, lb: pd.DataFrame) -> None:
+def _run_detail(shown_runs: pd.DataFrame, lb: pd.DataFrame, picked: pd.DataFrame | None) -> None:
     st.subheader("Run detail")
+    if picked is not None:
+        shown_runs = lbd.runs_of(shown_runs, picked, include_failed=True)
+        st.caption(f"Runs of the row ticked in the table ({lbd.label_of(picked.iloc[0])}); untick it to choose "
+                   "among all runs in view.")
     if shown_runs.empty:
         st.info("No run in view.")
         return
