@@ -352,3 +352,18 @@ def test_leaderboard_command_refuses_a_busy_port(tmp_path, monkeypatch, capsys):
         port = s.getsockname()[1]
         assert cli.main(["leaderboard", "--results-dir", str(tmp_path), "--port", str(port)]) == 2
     assert "--port" in capsys.readouterr().err
+
+
+def test_app_tolerates_a_minimal_old_row(real_runs, tmp_path, monkeypatch):
+    """A row with nothing but the four keys the store insists on (no seed, params, target, metrics)."""
+    d = tmp_path / "results"
+    shutil.copytree(real_runs, d)
+    write_row({"run_id": new_run_id(), "status": "ok", "method": "bare_minimum", "track": "digits-cnn"}, d)
+    at = _app(d, monkeypatch)
+    _no_exception(at)
+    assert "bare_minimum" in set(_table(at)["method"])
+    bare = read_results(d).query("method == 'bare_minimum'")["run_id"].iloc[0]
+    at.selectbox(key="run").set_value(bare).run()
+    _no_exception(at)
+    at.selectbox(key="sort_by").set_value("cond_max").run()
+    _no_exception(at)
