@@ -28,12 +28,47 @@ PROVENANCE_COLUMNS: tuple[str, ...] = (
 )
 __doc__ += "\n" + ", ".join(REQUIRED_COLUMNS) + "\n\nProvenance: " + ", ".join(PROVENANCE_COLUMNS) + "\n"
 
-#: Columns that must be floats even when a run left them empty (so parquet types stay numeric).
+# Declared types of every column the project writes. Each file carries all of them (null where a
+# run has no value), so the files of one directory share one schema and also read as a single
+# data set with ``pandas.read_parquet(DIR)``. Columns a plugin adds beyond these are inferred.
+_STR = ("run_id", "status", "error", "method", "method_params", "method_id", "track", "dataset", "arch", "device",
+        "config_json", "created_at", "git_commit", "python_version", "torch_version", "torchvision_version",
+        "pyautoattack_version", "device_name", "hostname", "data_source", "stopped_by", "method_details",
+        "aa_headline_version", "traceback")
 FLOAT_COLUMNS = (
-    "compression_target", "compression", "train_seconds", "images_per_second", "clean_acc",
-    "robust_acc", "robust_eps", "cond_max", "epochs",
+    "compression_target", "compression", "train_seconds", "images_per_second", "clean_acc", "robust_acc",
+    "robust_eps", "cond_max", "epochs", "budget_epochs", "budget_seconds", "final_train_loss", "val_acc",
+    "clean_acc_eval", "log10_cond_prod", "lipschitz_upper", "latency_ms_per_batch", "dense_latency_ms_per_batch",
+    "latency_ratio", "sensitivity_rel_cond", "sensitivity_rel_cond_median", "aa_seconds", "attack_seconds",
+    "eval_seconds",
 )
-INT_COLUMNS = ("seed", "n_params", "n_params_dense", "n_test")
+INT_COLUMNS = ("seed", "n_params", "n_params_dense", "n_test", "n_train", "n_val", "steps", "n_nonzero",
+               "flops_per_example", "latency_repeats", "latency_batch_size", "sensitivity_points", "aa_n",
+               "pgd_steps")
+_LIST_STR = ("layer_names", "layer_shapes", "layer_kinds", "aa_flags")
+_LIST_FLOAT = ("layer_kappa", "layer_spectral_norm")
+_LIST_INT = ("layer_ranks",)
+_CURVES = ("fgsm_curve", "pgd_linf_curve", "pgd_l2_curve")
+
+
+def schema_types() -> dict:
+    """Column name -> pyarrow type for every declared column."""
+    import pyarrow as pa
+
+    t: dict = {}
+    t.update({c: pa.string() for c in _STR})
+    t.update({c: pa.float64() for c in FLOAT_COLUMNS})
+    t.update({c: pa.int64() for c in INT_COLUMNS})
+    t.update({c: pa.list_(pa.string()) for c in _LIST_STR})
+    t.update({c: pa.list_(pa.float64()) for c in _LIST_FLOAT})
+    t.update({c: pa.list_(pa.int64()) for c in _LIST_INT})
+    t["aa_curve"] = pa.list_(pa.struct([
+        ("norm", pa.string()), ("eps", pa.float64()), ("acc", pa.float64()), ("version", pa.string()),
+        ("attacks", pa.string()), ("n", pa.int64()), ("n_attacked", pa.int64()), ("seconds", pa.float64()),
+    ]))
+    t.update({c: pa.list_(pa.struct([("eps", pa.float64()), ("acc", pa.float64())])) for c in _CURVES})
+    return t
+
 
 FILE_GLOB = "*.parquet"
 
@@ -54,12 +89,13 @@ def _normalise(row: dict[str, Any]) -> dict[str, Any]:
         raise ResultsError(f"result row lacks {', '.join(missing)}")
     if out["status"] not in ("ok", "failed"):
         raise ResultsError(f"status must be 'ok' or 'failed', got {out['status']!r}")
-    for c in FLOAT_COLUMNS:
-        if out.get(c) is not None:
-            out[c] = float(out[c])
-    for c in INT_COLUMNS:
-        if out.get(c) is not None:
-            out[c] = int(out[c])
+    for cols, cast in ((FLOAT_COLUMNS, float), (INT_COLUMNS, int)):
+        for c in cols:
+            if out.get(c) is not None:
+                try:
+                    out[c] = cast(out[c])
+                except (TypeError, ValueError):
+                    raise ResultsError(f"column {c!r} must be a number, got {out[c]!r}") from None
     if isinstance(out.get("method_params"), dict):
         out["method_params"] = json.dumps(out["method_params"], sort_keys=True)
     return out
@@ -68,18 +104,18 @@ def _normalise(row: dict[str, Any]) -> dict[str, Any]:
 def _table(row: dict[str, Any]):
     import pyarrow as pa
 
-    fields = []
-    arrays = []
-    for k, v in row.items():
-        if k in FLOAT_COLUMNS:
-            typ = pa.float64()
-        elif k in INT_COLUMNS:
-            typ = pa.int64()
-        elif k in ("run_id", "status", "error", "method", "method_params", "track", "dataset", "arch", "device"):
-            typ = pa.string()
-        else:
-            typ = None
-        arr = pa.array([v], type=typ) if typ is not None else pa.array([v])
+    types = schema_types()
+    values = {c: None for c in types}
+    values.update(row)
+    fields, arrays = [], []
+    for k, v in values.items():
+        typ = types.get(k)
+        try:
+            arr = pa.array([v], type=typ)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+            if typ is None:
+                raise
+            raise ResultsError(f"column {k!r}: {v!r} does not fit its declared type {typ}: {exc}") from exc
         fields.append(pa.field(k, arr.type))
         arrays.append(arr)
     meta = {b"bench.provenance": json.dumps({k: row.get(k) for k in PROVENANCE_COLUMNS}, default=str).encode()}
@@ -144,14 +180,16 @@ def read_results(results_dir: str | os.PathLike, *, on_skip=None):
         frames.append(df)
     if not frames:
         return pd.DataFrame(columns=list(REQUIRED_COLUMNS) + list(PROVENANCE_COLUMNS))
-    frames = [f.dropna(axis=1, how="all") if len(frames) > 1 else f for f in frames]
-    df = pd.concat(frames, ignore_index=True, sort=False)
+    with warnings.catch_warnings():
+        # all-null columns in some files: their dtype is settled by the coercion below
+        warnings.simplefilter("ignore", FutureWarning)
+        df = pd.concat(frames, ignore_index=True, sort=False)
     for c in REQUIRED_COLUMNS + PROVENANCE_COLUMNS:
         if c not in df.columns:
             df[c] = None
-    for c in FLOAT_COLUMNS:
+    for c in (c for c in FLOAT_COLUMNS if c in df.columns):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
-    for c in INT_COLUMNS:
+    for c in (c for c in INT_COLUMNS if c in df.columns):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
     return df
 

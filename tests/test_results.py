@@ -59,3 +59,18 @@ def test_empty_dir_gives_empty_frame_with_columns(tmp_path):
         warnings.simplefilter("error")
         df = read_results(tmp_path / "nothing-here")
     assert df.empty and "clean_acc" in df.columns
+
+
+def test_files_share_one_schema_so_pandas_reads_the_directory(tmp_path):
+    # one run attacked (curves, flags), one not (nulls): still one data set for pyarrow/pandas
+    write_row(_row(run_id="a", robust_acc=0.5, aa_flags=["Linf eps=0.1 standard: randomness"], error=None), tmp_path)
+    write_row(_row(run_id="b", aa_curve=None, layer_kappa=None, status="failed", error="RuntimeError: x"), tmp_path)
+    df = pd.read_parquet(tmp_path)
+    assert sorted(df["run_id"]) == ["a", "b"]
+    assert df.set_index("run_id").loc["a", "robust_acc"] == 0.5
+
+
+def test_value_that_breaks_a_declared_type_is_a_clear_error(tmp_path):
+    with pytest.raises(ResultsError, match="column 'clean_acc'"):
+        write_row(_row(clean_acc="high"), tmp_path)
+    assert not list(tmp_path.iterdir())
