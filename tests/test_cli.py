@@ -71,3 +71,18 @@ def test_mnist_lenet5_with_real_data(tmp_path, run_bench, shared_data_dir):
 def test_help(run_bench, args):
     r = run_bench(*args)
     assert r.returncode == 0 and "usage" in r.stdout
+
+
+def test_sweep_runs_a_grid_and_skips_what_is_done(tmp_path, run_bench):
+    args = ("sweep", "--methods", "dense,vanilla_lowrank", "--compressions", "0.5,0.8", "--seeds", "0",
+            "--epochs", "0.5", "--no-attacks", "--results-dir", str(tmp_path))
+    r = run_bench(*args)
+    assert r.returncode == 0, r.stderr
+    # dense ignores the compression target: one dense run, two low-rank runs
+    assert "3 configurations, 0 already done, 3 to run" in r.stdout
+    df = read_results(tmp_path)
+    assert sorted(df["method"]) == ["dense", "vanilla_lowrank", "vanilla_lowrank"]
+    assert sorted(df["compression_target"]) == [0.0, 0.5, 0.8]
+    again = run_bench(*args)
+    assert again.returncode == 0 and "3 already done, 0 to run" in again.stdout
+    assert len(read_results(tmp_path)) == 3
