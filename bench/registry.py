@@ -158,6 +158,7 @@ BUILTIN_METHOD_MODULES = (
     "methods.pruning",
     "methods.robust_lowrank",
     "methods.svd_prune",
+    "methods.orthogonal_dense",
 )
 
 METHODS: Registry[Any] = Registry("method", builtin_modules=BUILTIN_METHOD_MODULES, builtin_packages=("methods",),

@@ -1,0 +1,36 @@
+"""The paper's uncompressed orthogonal baseline: every layer a full-rank U S Vᵀ with κ = 1."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from bench.method import BuildContext
+from bench.registry import register_method
+from methods.robust_lowrank import RobustLowRank
+
+
+@dataclass(frozen=True)
+class OrthogonalParams:
+    #: mean: W = √a·(U Q Vᵀ), a scaled orthogonal matrix, κ = 1; approx_orth: κ(W) ≤ kappa
+    mode: Literal["mean", "approx_orth"] = "mean"
+    kappa: float = 1.5
+
+    def __post_init__(self):
+        if not self.kappa > 1.0:
+            raise ValueError(f"kappa must be > 1, got {self.kappa}")
+
+
+@register_method("orthogonal_dense")
+class OrthogonalDense(RobustLowRank):
+    """Uncompressed, every layer kept (scaled) orthogonal by projected Riemannian SGD (paper baseline)."""
+
+    Params = OrthogonalParams
+    compresses = False
+
+    def build(self, model, ctx: BuildContext):
+        # CondLR's step at compression 0: the rank plan factorises nothing, so every Linear/Conv2d
+        # is a full-rank U S Vᵀ with orthonormal U, V and S = √a·(orthogonal). This is projected
+        # (not Cayley) SGD on the Stiefel manifold, with a free per-layer scale a.
+        return super().build(model, BuildContext(compression=0.0, example_input=ctx.example_input,
+                                                 total_steps=ctx.total_steps, seed=ctx.seed))
