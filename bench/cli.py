@@ -117,17 +117,35 @@ def format_summary(row: dict, path) -> str:
         f"  clean acc   {_fmt(row.get('clean_acc'))}   val acc {_fmt(row.get('val_acc'))}",
     ]
     if row.get("robust_acc") is not None:
-        lines.append(f"  robust acc  {_fmt(row.get('robust_acc'))} at eps {_fmt(row.get('robust_eps'), '.4g')} "
-                     f"(AutoAttack {row.get('aa_headline_version', '')}, {row.get('aa_n', '')} points)")
+        lines.append(f"  robust acc  {_fmt(row.get('robust_acc'))} at Linf eps {_fmt(row.get('robust_eps'), '.4g')} "
+                     f"(AutoAttack {row.get('aa_headline_version') or ''}, {row.get('aa_n', '')} points, "
+                     f"clean on them {_fmt(row.get('clean_acc_eval'))}; {_fmt(row.get('aa_seconds'), '.0f')} s)")
     curve = row.get("aa_curve")
-    if curve:
-        pts = "  ".join(f"{c['norm']} {c['eps']:.4g}: {c['acc']:.3f}" for c in curve)
-        lines.append(f"  AA curve    {pts}")
+    if curve is not None and len(curve):
+        for norm in dict.fromkeys(c["norm"] for c in curve):
+            pts = "  ".join(f"{c['eps']:.4g}: {c['acc']:.3f}" + ("*" if c.get("version") != "custom" else "")
+                            for c in curve if c["norm"] == norm)
+            lines.append(f"  AA {norm:<5}    {pts}" + ("   (* full version)" if "*" in pts else ""))
+    for key, label in (("fgsm_curve", "FGSM"), ("pgd_linf_curve", "PGD Linf"), ("pgd_l2_curve", "PGD L2")):
+        c = row.get(key)
+        if c is not None and len(c):
+            lines.append(f"  {label:<11} " + "  ".join(f"{p['eps']:.4g}: {p['acc']:.3f}" for p in c))
     if row.get("cond_max") is not None:
         lines.append(f"  cond_max    {_fmt(row.get('cond_max'), '.4g')}   log10 prod kappa "
-                     f"{_fmt(row.get('log10_cond_prod'), '.3g')}")
-    if row.get("aa_flags"):
-        lines.append(f"  AA flags    {row.get('aa_flags')}")
+                     f"{_fmt(row.get('log10_cond_prod'), '.3g')}   prod spectral norms "
+                     f"{_fmt(row.get('lipschitz_upper'), '.3g')}   rel. cond (sensitivity) "
+                     f"{_fmt(row.get('sensitivity_rel_cond'), '.3g')}")
+    if row.get("flops_per_example") is not None:
+        dense_lat = row.get("dense_latency_ms_per_batch")
+        lines.append(f"  cost        {row.get('n_nonzero', 0):,} non-zeros  {row['flops_per_example']:,} FLOPs/example  "
+                     f"latency {_fmt(row.get('latency_ms_per_batch'), '.2f')} ms/batch of "
+                     f"{row.get('latency_batch_size')}" + (f" (dense {_fmt(dense_lat, '.2f')} ms)" if dense_lat else ""))
+    flags = row.get("aa_flags")
+    if flags is not None and len(flags):
+        lines.append(f"  AA flags    {len(flags)}:")
+        lines += [f"    - {f}" for f in list(flags)[:5]]
+        if len(flags) > 5:
+            lines.append(f"    ... {len(flags) - 5} more in the aa_flags column")
     lines.append(f"  written     {path}")
     return "\n".join(lines)
 

@@ -14,19 +14,36 @@ from typing import Any, Literal
 
 @dataclass(frozen=True)
 class EvalProtocol:
-    """How a track evaluates a trained model. ε are on the [0, 1] pixel scale."""
+    """How a track evaluates a trained model. ε are on the [0, 1] pixel scale.
 
-    n_eval: int = 200  # test points attacked (AutoAttack, FGSM, PGD); clean accuracy uses the whole test split
-    linf_eps: tuple[float, ...] = (0.02, 0.05, 0.1)  # AutoAttack Linf curve
-    headline_eps: float = 0.05  # the ε reported as robust_acc / robust_eps
-    headline_version: str = "standard"  # AutoAttack version at the headline ε
+    AutoAttack runs ``headline_version`` at ``headline_eps`` (Linf) and the cheaper
+    ``curve_attacks`` (with the standard version's settings) at every other ε of
+    ``linf_eps`` and ``l2_eps``; ``--aa-version`` forces one version everywhere. See
+    ``bench.metrics.autoattack`` for the nested, monotone curve.
+    """
+
+    n_eval: int = 200  # first test points attacked (AutoAttack, FGSM, PGD); clean accuracy uses the whole test split
+    linf_eps: tuple[float, ...] = (0.02, 0.05, 0.1)  # AutoAttack Linf curve (headline_eps is added if missing)
+    headline_eps: float = 0.05  # the Linf ε reported as robust_acc / robust_eps
+    headline_version: str = "standard"  # AutoAttack version at the headline ε: 'standard' | 'plus'
     curve_attacks: tuple[str, ...] = ("apgd-ce", "apgd-t")  # the rest of the curve (version 'custom')
-    l2_eps: tuple[float, ...] = ()  # optional AutoAttack L2 curve (same attack set as the curve)
+    l2_eps: tuple[float, ...] = ()  # optional AutoAttack L2 curve (curve_attacks)
     fgsm_eps: tuple[float, ...] = (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06)  # paper grid
     pgd_linf_eps: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1)
     pgd_l2_eps: tuple[float, ...] = (0.1, 0.3, 0.5, 1.0)
     pgd_steps: int = 20
-    sensitivity_points: int = 64  # test points for the empirical relative condition number
+    sensitivity_points: int = 64  # first test points for the empirical relative condition number
+
+    def __post_init__(self):
+        if self.headline_version not in ("standard", "plus"):
+            raise ValueError(f"headline_version must be 'standard' or 'plus', got {self.headline_version!r}")
+        known = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
+        if not self.curve_attacks or any(a not in known for a in self.curve_attacks):
+            raise ValueError(f"curve_attacks must be a non-empty subset of {known}, got {self.curve_attacks}")
+        if not self.headline_eps > 0 or any(not e > 0 for e in self.linf_eps + self.l2_eps):
+            raise ValueError("AutoAttack ε must be > 0")
+        if self.n_eval < 0 or self.pgd_steps < 1 or self.sensitivity_points < 0:
+            raise ValueError("n_eval and sensitivity_points must be >= 0 and pgd_steps >= 1")
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,15 @@ from __future__ import annotations
 from bench.config import EvalProtocol, Track
 from bench.registry import TRACKS
 
+# AutoAttack on a CPU costs about 40 s per ε for APGD-CE + APGD-T and 3x that for the standard
+# version at 200 MNIST points (REFERENCE.md §5), and the cost grows with the points still robust.
+# The curve is nested (each ε attacks only the survivors of the previous one), so the large ε are
+# cheap; ε = 0.02 (and L2 0.5) would cost a full pass to report that almost nothing breaks.
 _MNIST_EVAL = EvalProtocol(
     n_eval=200,
-    linf_eps=(0.02, 0.05, 0.1, 0.2),
+    linf_eps=(0.05, 0.1, 0.2, 0.3),
     headline_eps=0.1,
-    l2_eps=(0.5, 1.0, 2.0),
+    l2_eps=(1.0, 2.0),
     fgsm_eps=(0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06),  # the paper's MNIST grid
     pgd_linf_eps=(0.02, 0.05, 0.1, 0.2),
     pgd_l2_eps=(0.5, 1.0, 2.0),

@@ -1,0 +1,372 @@
+"""The metrics against independent truth: matrices with known singular values, models whose
+robustness is known in closed form, FLOPs counted by hand, Jacobians computed exactly."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.utils.prune
+from torch import nn
+
+from bench.metrics.attacks import attack_curve, fgsm, pgd
+from bench.metrics.autoattack import AAStep, autoattack_curve, capture_flags, plan_curve
+from bench.metrics.conditioning import (conditioning_summary, layer_conditioning, lowrank_singular_values,
+                                        matrix_condition)
+from bench.metrics.cost import flops_per_example, latency_ms
+from bench.metrics.sensitivity import jacobian_spectral_norm, relative_condition_numbers
+
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The models here are tiny: thread hand-offs would cost more than the arithmetic (and the CPU is shared)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _with_singular_values(s, rows, cols, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q1 = torch.linalg.qr(torch.randn(rows, rows, generator=g, dtype=torch.float64)).Q
+    q2 = torch.linalg.qr(torch.randn(cols, cols, generator=g, dtype=torch.float64)).Q
+    d = torch.zeros(rows, cols, dtype=torch.float64)
+    d[range(len(s)), range(len(s))] = torch.tensor(s, dtype=torch.float64)
+    return q1 @ d @ q2.T
+
+
+# -- conditioning ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("s, rows, cols, kappa", [
+    ([5.0, 2.0, 0.5], 3, 3, 10.0),
+    ([7.0, 7.0], 2, 6, 1.0),
+    ([100.0, 3.0, 1e-3], 5, 3, 1e5),
+    ([4.0, 2.0, 0.0, 0.0], 4, 4, 2.0),  # exact zeros (rank 2) are ignored, not infinite
+])
+def test_kappa_of_matrices_with_known_singular_values(s, rows, cols, kappa):
+    assert matrix_condition(_with_singular_values(s, rows, cols)) == pytest.approx(kappa, rel=1e-6)
+
+
+class TinyLowRank(nn.Module):
+    """W = U S Vᵀ with a child Linear that the conditioning walk must not descend into."""
+
+    def __init__(self, u, s, v):
+        super().__init__()
+        self.U, self.V = nn.Parameter(u.float()), nn.Parameter(v.float())
+        self.S = None if s is None else nn.Parameter(s.float())
+        self.decoy = nn.Linear(2, 2)
+
+    def lowrank_factors(self):
+        return self.U, self.S, self.V
+
+    def forward(self, x):
+        s = torch.eye(self.U.shape[1]) if self.S is None else self.S
+        return x @ (self.U @ s @ self.V.T).T
+
+
+def test_lowrank_kappa_is_kappa_of_S_for_orthonormal_factors_and_of_USVt_otherwise():
+    g = torch.Generator().manual_seed(1)
+    u = torch.linalg.qr(torch.randn(8, 3, generator=g, dtype=torch.float64)).Q
+    v = torch.linalg.qr(torch.randn(6, 3, generator=g, dtype=torch.float64)).Q
+    s = _with_singular_values([3.0, 1.5, 0.6], 3, 3, seed=2)
+    sv = lowrank_singular_values(u, s, v)
+    assert sv.max() / sv.min() == pytest.approx(5.0, rel=1e-9)
+    # drifted, non-orthonormal factors: still the singular values of the product
+    u2 = u @ torch.tensor([[2.0, 0.3, 0.0], [0.0, 1.0, 0.1], [0.0, 0.0, 0.5]], dtype=torch.float64)
+    ref = torch.linalg.svdvals(u2 @ s @ v.T)[:3]
+    assert torch.allclose(torch.sort(lowrank_singular_values(u2, s, v), descending=True).values, ref, rtol=1e-9)
+    assert torch.allclose(lowrank_singular_values(u, None, v), torch.ones(3, dtype=torch.float64))
+
+
+def test_layer_conditioning_walks_linear_conv_pruned_and_lowrank_layers():
+    from bench.models import Normalize
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, 2, bias=False)
+    w = _with_singular_values([4.0, 2.0, 1.0], 3, 8, seed=3).float()
+    conv.weight.data = w.reshape(3, 2, 2, 2)
+    lin = nn.Linear(4, 4)
+    lin.weight.data = _with_singular_values([9.0, 3.0, 3.0, 1.0], 4, 4, seed=4).float()
+    pruned = nn.Linear(3, 3)
+    pruned.weight.data = torch.diag(torch.tensor([6.0, 2.0, 5.0]))
+    torch.nn.utils.prune.custom_from_mask(pruned, "weight", torch.tensor([[1, 0, 0], [0, 0, 0], [0, 0, 1]]))
+    g = torch.Generator().manual_seed(5)
+    u = torch.linalg.qr(torch.randn(5, 2, generator=g, dtype=torch.float64)).Q
+    v = torch.linalg.qr(torch.randn(4, 2, generator=g, dtype=torch.float64)).Q
+    low = TinyLowRank(u, torch.diag(torch.tensor([8.0, 2.0], dtype=torch.float64)), v)
+    model = nn.Sequential(Normalize([0.5, 0.5], [0.2, 0.2]), conv, nn.BatchNorm2d(3), nn.ReLU(),
+                          nn.Sequential(lin, low), pruned)
+    layers = layer_conditioning(model)
+    assert [L.name for L in layers] == ["1", "4.0", "4.1", "5"]
+    assert [L.kind for L in layers] == ["conv", "linear", "lowrank", "linear"]
+    assert [L.kappa for L in layers] == pytest.approx([4.0, 9.0, 4.0, 6.0 / 5.0], rel=1e-5)
+    assert [L.spectral_norm for L in layers] == pytest.approx([4.0, 9.0, 8.0, 6.0], rel=1e-5)
+    assert [L.rank for L in layers] == [3, 4, 2, 2]  # the pruned-away diagonal entry is a zero singular value
+    summary = conditioning_summary(layers)
+    assert summary["cond_max"] == pytest.approx(9.0, rel=1e-5)
+    assert summary["log10_cond_prod"] == pytest.approx(math.log10(4.0 * 9.0 * 4.0 * 1.2), rel=1e-5)
+    assert summary["lipschitz_upper"] == pytest.approx(4.0 * 9.0 * 8.0 * 6.0, rel=1e-5)
+    assert summary["layer_names"] == ["1", "4.0", "4.1", "5"]
+    assert all(isinstance(k, float) for k in summary["layer_kappa"])
+
+
+# -- a linear classifier with a known margin ------------------------------------------------------
+# f_k(x) = x_k on a 2x2 "image" (4 classes). A point of class k has x_k in [0.65, 0.75] and the
+# other pixels in [0.25, 0.35], so the gap x_k − x_j is in [0.3, 0.5]. Flipping k to j needs an
+# Linf perturbation of gap/2 (in [0.15, 0.25]) or an L2 perturbation of gap/√2 (in [0.21, 0.36]).
+
+def _separable(n_per_class=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    xs, ys = [], []
+    for k in range(4):
+        x = 0.25 + 0.1 * torch.rand(n_per_class, 4, generator=g)
+        x[:, k] = 0.65 + 0.1 * torch.rand(n_per_class, generator=g)
+        xs.append(x)
+        ys.append(torch.full((n_per_class,), k))
+    return torch.cat(xs).view(-1, 1, 2, 2), torch.cat(ys)
+
+
+def _identity_classifier():
+    lin = nn.Linear(4, 4)
+    with torch.no_grad():
+        lin.weight.copy_(torch.eye(4))
+        lin.bias.zero_()
+    return nn.Sequential(nn.Flatten(), lin).eval()
+
+
+CE = ("apgd-ce",)
+
+
+def test_autoattack_keeps_every_point_below_the_margin_and_none_above_it():
+    model = _identity_classifier()
+    x, y = _separable()
+    steps = [AAStep("Linf", 0.1, "custom", CE), AAStep("Linf", 0.3, "custom", CE),
+             AAStep("L2", 0.1, "custom", CE), AAStep("L2", 0.5, "custom", CE)]
+    res = autoattack_curve(model, x, y, steps, seed=0)
+    assert [(p["norm"], p["eps"], p["acc"]) for p in res.points] == [
+        ("Linf", 0.1, 1.0), ("Linf", 0.3, 0.0), ("L2", 0.1, 1.0), ("L2", 0.5, 0.0)]
+    assert res.clean_acc == 1.0
+    assert all(p["n"] == len(y) and p["attacks"] == "apgd-ce" for p in res.points)
+
+
+def test_autoattack_curve_is_nested_monotone_and_counts_misclassified_points_as_broken():
+    model = _identity_classifier()
+    x, y = _separable()
+    y = y.clone()
+    y[0] = 3  # a point the model gets wrong before any attack
+    steps = plan_curve(linf_eps=(0.3, 0.1, 0.2), headline_eps=0.1, curve_attacks=CE, headline_version="standard")
+    assert [(s.eps, s.version) for s in steps] == [(0.1, "standard"), (0.2, "custom"), (0.3, "custom")]
+    steps = [AAStep(s.norm, s.eps, "custom", CE) for s in steps]  # standard's Square is slow; CE suffices here
+    res = autoattack_curve(model, x, y, steps)
+    accs = [p["acc"] for p in res.points]
+    assert res.clean_acc == pytest.approx(31 / 32)
+    assert accs[0] == pytest.approx(31 / 32)  # ε = 0.1 is below every margin
+    assert accs[-1] == 0.0
+    assert all(a >= b for a, b in zip(accs, accs[1:])) and accs[0] <= res.clean_acc
+    masks = [res.robust[("Linf", e)] for e in (0.1, 0.2, 0.3)]
+    assert all(bool((later <= earlier).all()) for earlier, later in zip(masks, masks[1:]))
+    assert res.points[1]["n_attacked"] == int(masks[0].sum())
+
+
+def test_plan_curve_forced_version_and_validation():
+    steps = plan_curve(linf_eps=(0.1,), l2_eps=(1.0, 0.5), headline_eps=0.05, force_version="plus")
+    assert [(s.norm, s.eps, s.version) for s in steps] == [
+        ("Linf", 0.05, "plus"), ("Linf", 0.1, "plus"), ("L2", 0.5, "plus"), ("L2", 1.0, "plus")]
+    assert steps[0].attacks[:2] == ("apgd-ce", "apgd-dlr")
+    with pytest.raises(ValueError):
+        plan_curve(linf_eps=(0.1,), force_version="fast")
+    with pytest.raises(ValueError):
+        plan_curve(linf_eps=(0.1,), curve_attacks=("pgd",))
+
+
+def test_standard_version_on_a_tiny_model():
+    """The full standard set (APGD-CE, APGD-T, FAB-T, Square) runs through and agrees with the margin."""
+    model = _identity_classifier()
+    x, y = _separable(n_per_class=2)
+    res = autoattack_curve(model, x, y, plan_curve(linf_eps=(0.3,), headline_eps=0.3), seed=0)
+    (p,) = res.points
+    assert (p["version"], p["attacks"], p["acc"]) == ("standard", "apgd-ce,apgd-t,fab-t,square", 0.0)
+
+
+class _Probabilities(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = _identity_classifier()
+
+    def forward(self, x):
+        return torch.softmax(self.net(x), dim=1)
+
+
+def _dropout_in_train_mode():
+    model = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(4, 4))
+    with torch.no_grad():
+        model[2].weight.copy_(torch.eye(4))
+        model[2].bias.zero_()
+    return model.train()
+
+
+def _constant():
+    model = _identity_classifier()
+    with torch.no_grad():
+        model[1].weight.zero_()  # every logit 0: class 0 is "correct" for its points, with zero gradient
+    return model
+
+
+@pytest.mark.parametrize("make, expected", [
+    (_dropout_in_train_mode, "randomized defense"),
+    (_Probabilities, "probability distribution"),
+    (_constant, "zero gradient"),
+])
+def test_pyautoattack_warnings_are_captured_as_flags(make, expected, caplog):
+    model = make()
+    x, y = _separable(n_per_class=4)
+    with caplog.at_level(logging.WARNING):
+        # APGD-T's DLR loss is where pyautoattack checks for zero gradients
+        res = autoattack_curve(model, x, y, [AAStep("Linf", 0.05, "custom", ("apgd-ce", "apgd-t"))], seed=0)
+    hits = [f for f in res.flags if expected in f]
+    assert hits, res.flags
+    assert hits[0].startswith("Linf eps=0.05 custom: ")
+    assert not [r for r in caplog.records if r.name == "auto-attack"]  # captured, not printed
+    if make is _dropout_in_train_mode:
+        assert any(f.startswith("model: in train mode") for f in res.flags)
+
+
+def test_capture_flags_collects_python_warnings_and_restores_the_logger():
+    logger = logging.getLogger("auto-attack")
+    before = (logger.level, logger.propagate, list(logger.handlers))
+    sink: list[str] = []
+    with capture_flags("L2 eps=1", sink):
+        warnings.warn("something odd", UserWarning)
+        logger.warning("twice")
+        logger.warning("twice")
+        logger.debug("progress, not a flag")
+    assert sink == ["L2 eps=1: twice (x2)", "L2 eps=1: UserWarning: something odd"]
+    assert (logger.level, logger.propagate, list(logger.handlers)) == before
+
+
+class _Counting(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.inner(x)
+
+
+def test_interrupted_curve_resumes_from_the_state_files(tmp_path):
+    model = _Counting(_identity_classifier()).eval()
+    x, y = _separable()
+    steps = [AAStep("Linf", 0.1, "custom", ("apgd-ce", "apgd-t")), AAStep("Linf", 0.3, "custom", CE)]
+
+    def interrupt_at_second_step(msg):
+        if "eps=0.3" in msg:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        autoattack_curve(model, x, y, steps, state_dir=tmp_path, progress=interrupt_at_second_step)
+    assert len(list(tmp_path.glob("aa_Linf_eps0.1_*.json"))) == 1
+
+    calls_at_step = []
+    model.calls = 0
+    res = autoattack_curve(model, x, y, steps, state_dir=tmp_path,
+                           progress=lambda msg: calls_at_step.append(model.calls))
+    # the finished ε = 0.1 is read back: no forward pass between its start and the next step's
+    assert calls_at_step[1] == calls_at_step[0]
+    assert [p["acc"] for p in res.points] == [1.0, 0.0]
+
+    # the same evaluation again: every ε is read back, only the clean pass runs the model
+    model.calls = 0
+    again = autoattack_curve(model, x, y, steps, state_dir=tmp_path)
+    assert [p["acc"] for p in again.points] == [1.0, 0.0]
+    assert model.calls <= 2
+
+
+def test_half_finished_state_runs_only_the_remaining_attacks(tmp_path):
+    model = _identity_classifier()
+    x, y = _separable()
+    step = AAStep("Linf", 0.1, "custom", ("apgd-ce", "apgd-t"))
+    autoattack_curve(model, x, y, [step], state_dir=tmp_path)
+    (path,) = tmp_path.glob("*.json")
+    state = json.loads(path.read_text())
+    assert sorted(state["_run_attacks"]) == ["apgd-ce", "apgd-t"]
+    # pretend the run stopped after APGD-CE, which had broken points 0 and 5
+    state["_run_attacks"] = ["apgd-ce"]
+    state["_robust_flags"][0] = state["_robust_flags"][5] = False
+    path.write_text(json.dumps(state))
+    res = autoattack_curve(model, x, y, [step], state_dir=tmp_path)
+    assert res.points[0]["acc"] == pytest.approx(30 / 32)
+    assert not res.robust[("Linf", 0.1)][[0, 5]].any()
+    assert sorted(json.loads(path.read_text())["_run_attacks"]) == ["apgd-ce", "apgd-t"]
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # the remainder's own state is gone
+
+
+def test_a_state_from_another_model_is_never_reused(tmp_path):
+    x, y = _separable()
+    step = AAStep("Linf", 0.3, "custom", CE)
+    autoattack_curve(_identity_classifier(), x, y, [step], state_dir=tmp_path)
+    other = _identity_classifier()
+    with torch.no_grad():
+        other[1].weight.mul_(2.0)
+    autoattack_curve(other, x, y, [step], state_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.json"))) == 2
+
+
+# -- FGSM / PGD -----------------------------------------------------------------------------------
+
+def test_fgsm_and_pgd_against_the_known_margin():
+    model = _identity_classifier()
+    x, y = _separable()
+    assert attack_curve(model, x, y, (0.0, 0.1, 0.3), attack="fgsm") == [
+        {"eps": 0.0, "acc": 1.0}, {"eps": 0.1, "acc": 1.0}, {"eps": 0.3, "acc": 0.0}]
+    assert [p["acc"] for p in attack_curve(model, x, y, (0.1, 0.3), attack="pgd", norm="Linf", steps=10)] == [1.0, 0.0]
+    assert [p["acc"] for p in attack_curve(model, x, y, (0.1, 0.5), attack="pgd", norm="L2", steps=10)] == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+def test_pgd_stays_in_the_ball_and_the_box(norm):
+    model = _identity_classifier()
+    x, y = _separable()
+    x[0, 0, 0, 0] = 0.0
+    eps = 0.2
+    xa = pgd(model, x, y, eps, norm=norm, steps=5, generator=torch.Generator().manual_seed(0))
+    d = (xa - x).flatten(1)
+    size = d.abs().max(1).values if norm == "Linf" else d.norm(dim=1)
+    assert bool((size <= eps + 1e-6).all()) and xa.min() >= 0 and xa.max() <= 1
+    xf = fgsm(model, x, y, eps)
+    assert (xf - x).abs().max() <= eps + 1e-6 and xf.min() >= 0
+
+
+# -- cost -----------------------------------------------------------------------------------------
+
+def test_flops_of_known_layers_by_hand():
+    conv = nn.Conv2d(3, 4, 3)  # 8x8 -> 6x6
+    lin = nn.Linear(4 * 6 * 6, 5)
+    model = nn.Sequential(conv, nn.ReLU(), nn.Flatten(), lin).eval()
+    by_hand = 2 * (4 * 6 * 6) * (3 * 3 * 3) + 2 * (4 * 6 * 6) * 5  # 2 FLOPs per multiply-add
+    assert flops_per_example(model, torch.rand(7, 3, 8, 8)) == by_hand
+
+
+def test_latency_is_a_median_of_repeats():
+    out = latency_ms(nn.Linear(16, 16).eval(), torch.rand(8, 16), min_repeats=3, max_repeats=6, max_seconds=0.0)
+    assert out["repeats"] == 3 and out["ms"] > 0
+
+
+# -- sensitivity ----------------------------------------------------------------------------------
+
+def test_relative_condition_number_of_a_linear_map():
+    torch.manual_seed(0)
+    w = _with_singular_values([5.0, 2.0, 1.0, 0.5, 0.1], 5, 6, seed=7).float()
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 5, bias=False)).eval()
+    model[1].weight.data = w
+    x = torch.rand(4, 1, 2, 3)
+    assert jacobian_spectral_norm(model, x, iters=50) == pytest.approx([5.0] * 4, rel=1e-4)
+    expected = 5.0 * x.flatten(1).norm(dim=1) / (x.flatten(1) @ w.T).norm(dim=1)
+    got = relative_condition_numbers(model, x, iters=50, batch_size=3)
+    assert got.tolist() == pytest.approx(expected.double().tolist(), rel=1e-4)
