@@ -41,6 +41,21 @@ def build_parser() -> argparse.ArgumentParser:
     g = pl.add_mutually_exclusive_group()
     g.add_argument("--tracks", action="store_true", help="list tracks")
     g.add_argument("--models", action="store_true", help="list model architectures")
+    pw = sub.add_parser("sweep", help="run a grid: methods x compressions x seeds on one track, skipping done runs")
+    pw.add_argument("--methods", required=True, help="comma-separated method names, or 'all'")
+    pw.add_argument("--compressions", default=None, help="comma-separated targets (default: the track's)")
+    pw.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    pw.add_argument("--track", "-t", default="digits-cnn")
+    pw.add_argument("--epochs", type=float, default=None)
+    pw.add_argument("--budget-seconds", type=float, default=None)
+    pw.add_argument("--device", default=None)
+    pw.add_argument("--data-dir", default=None)
+    pw.add_argument("--results-dir", default="results")
+    pw.add_argument("--n-eval", type=int, default=None)
+    pw.add_argument("--aa-version", choices=("standard", "plus"), default=None)
+    pw.add_argument("--no-attacks", action="store_true")
+    pw.add_argument("--threads", type=int, default=None)
+    pw.add_argument("--rerun", action="store_true", help="run configurations that already have an ok row too")
     ps = sub.add_parser("show", help="print the results table")
     ps.add_argument("--results-dir", default=None, help="default: $BENCH_RESULTS_DIR, then ./results")
     ps.add_argument("--track", default=None, help="only this track")
@@ -78,6 +93,43 @@ def cmd_run(args) -> int:
         return 1
     print(format_summary(row, path))
     return 0
+
+
+def cmd_sweep(args) -> int:
+    from bench import runner
+    from bench.config import RunConfig
+    from bench.registry import METHODS
+    from bench.sweep import config_key, done_keys, expand
+
+    methods = METHODS.names() if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    comps = [float(c) for c in args.compressions.split(",")] if args.compressions else [None]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    base = RunConfig(method=methods[0], track=args.track, epochs=args.epochs, budget_seconds=args.budget_seconds,
+                     device=args.device, data_dir=args.data_dir, results_dir=args.results_dir, n_eval=args.n_eval,
+                     aa_version=args.aa_version, skip_attacks=args.no_attacks, num_threads=args.threads,
+                     progress=sys.stderr.isatty())
+    cfgs = []
+    seen = set()
+    for cfg in expand(base, methods, comps, seeds):
+        key = config_key(cfg)  # validates every config before the first run starts
+        if key not in seen:  # dense ignores the compression target: one run per seed
+            seen.add(key)
+            cfgs.append((cfg, key))
+    done = set() if args.rerun else done_keys(args.results_dir)
+    todo = [(c, k) for c, k in cfgs if k not in done]
+    print(f"bench sweep: {len(cfgs)} configurations, {len(cfgs) - len(todo)} already done, {len(todo)} to run",
+          flush=True)
+    failed = 0
+    for i, (cfg, _) in enumerate(todo, 1):
+        print(f"[{i}/{len(todo)}] {cfg.method} compression={cfg.compression} seed={cfg.seed}", flush=True)
+        try:
+            row, path = runner.run(cfg)
+            print(f"    clean {row.get('clean_acc', float('nan')):.4f}  robust {_fmt(row.get('robust_acc'))}  "
+                  f"cond_max {_fmt(row.get('cond_max'), '.3g')}  -> {path.name}", flush=True)
+        except runner.RunError as exc:
+            failed += 1
+            print(f"    failed: {exc}", file=sys.stderr, flush=True)
+    return 1 if failed else 0
 
 
 def _params_dict(items: list[str]) -> dict:
@@ -235,12 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     from bench.data import DataError
     from bench.method import ParamError
     from bench.registry import RegistryError
-    from bench.train import BudgetError
 
-    handlers = {"run": cmd_run, "list": cmd_list, "show": cmd_show, "leaderboard": cmd_leaderboard}
+    handlers = {"run": cmd_run, "sweep": cmd_sweep, "list": cmd_list, "show": cmd_show, "leaderboard": cmd_leaderboard}
     try:
         return handlers[args.command](args)
-    except (RegistryError, ParamError, DataError, BudgetError, ValueError) as exc:
+    except (RegistryError, ParamError, DataError, ValueError) as exc:  # bench.train.BudgetError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
