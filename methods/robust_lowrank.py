@@ -32,9 +32,11 @@ class RobustLowRank(Method):
 
     def build(self, model, ctx: BuildContext):
         # Every Linear/Conv2d becomes U S Vᵀ under the constraint: the planned ones at their rank,
-        # the rest (the classifier, layers where factorising saves nothing) at full rank
-        # min(n, m). A full-rank layer merges back to one matrix, so it counts as dense, and the
-        # bound κ ≤ kappa then holds for every layer of the network, not only the compressed ones.
+        # the rest (the classifier, layers where factorising saves nothing, layers under 1% of
+        # the parameters) at full rank min(n, m). A full-rank layer merges back to one matrix, so
+        # it counts as dense, and the bound κ ≤ kappa then holds for every weight layer of the
+        # network, not only the compressed ones. (Grouped convolutions would stay unconstrained;
+        # no built-in model has one.)
         keep = [classifier_name(model)]
         self.plan = plan_ranks(model, ctx.compression, keep_dense=[k for k in keep if k])
         for name, mod in list(model.named_modules()):
