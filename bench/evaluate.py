@@ -32,9 +32,10 @@ Conditioning (:mod:`bench.metrics.conditioning`)
     ``layer_ranks`` list<int> (numerical rank of the effective weight), all in the same
     layer order; ``cond_max`` float, ``log10_cond_prod`` float (log10 ∏κ_l),
     ``lipschitz_upper`` float (∏‖W_l‖₂).
-Cost (:mod:`bench.metrics.cost`)
-    ``n_nonzero`` int (non-zero effective parameters), ``flops_per_example`` int (forward
-    FLOPs, ``torch.utils.flop_counter``; dense FLOPs for unstructured pruning),
+Cost (:mod:`bench.metrics.cost`), of the inference form (low-rank layers merged to two
+plain layers with U·S multiplied once, the form ``n_params`` counts)
+    ``n_nonzero`` int (non-zero parameters, pruning masks applied), ``flops_per_example``
+    int (forward FLOPs of one example, ``torch.utils.flop_counter``; dense FLOPs for unstructured pruning),
     ``latency_ms_per_batch`` float and ``dense_latency_ms_per_batch`` float|null (median
     forward time of one batch of ``latency_batch_size`` test images on the run's device,
     for the model and for a freshly built dense model of the same architecture),
@@ -86,7 +87,7 @@ def evaluate(model: torch.nn.Module, data, protocol: EvalProtocol, ctx: EvalCont
     from bench.compression import nonzero_param_count
     from bench.metrics.accuracy import accuracy
     from bench.metrics.conditioning import conditioning_summary, layer_conditioning
-    from bench.metrics.cost import flops_per_example, latency_ms
+    from bench.metrics.cost import flops_per_example, inference_form, latency_ms
     from bench.metrics.sensitivity import relative_condition_numbers
 
     t_start = time.perf_counter()
@@ -103,11 +104,13 @@ def evaluate(model: torch.nn.Module, data, protocol: EvalProtocol, ctx: EvalCont
 
     row.update(conditioning_summary(layer_conditioning(model)))
 
-    row["n_nonzero"] = nonzero_param_count(model)
-    row["flops_per_example"] = flops_per_example(model, data.x_test[:1].to(device))
+    deployed = inference_form(model)  # low-rank layers with U·S merged, as n_params counts them
+    row["n_nonzero"] = nonzero_param_count(deployed)
+    row["flops_per_example"] = flops_per_example(deployed, data.x_test[:1].to(device))
     bs = min(LATENCY_BATCH, len(data.y_test))
     batch = data.x_test[:bs].to(device)
-    lat = latency_ms(model, batch)
+    lat = latency_ms(deployed, batch)
+    del deployed
     row.update(latency_ms_per_batch=lat["ms"], latency_repeats=lat["repeats"], latency_batch_size=bs,
                dense_latency_ms_per_batch=None, latency_ratio=None)
     if ctx.dense_factory is not None:

@@ -17,7 +17,7 @@ from bench.metrics.attacks import attack_curve, fgsm, pgd
 from bench.metrics.autoattack import AAStep, autoattack_curve, capture_flags, plan_curve
 from bench.metrics.conditioning import (conditioning_summary, layer_conditioning, lowrank_singular_values,
                                         matrix_condition)
-from bench.metrics.cost import flops_per_example, latency_ms
+from bench.metrics.cost import flops_per_example, inference_form, latency_ms
 from bench.metrics.sensitivity import jacobian_spectral_norm, relative_condition_numbers
 
 
@@ -352,6 +352,37 @@ def test_flops_of_known_layers_by_hand():
     by_hand = 2 * (4 * 6 * 6) * (3 * 3 * 3) + 2 * (4 * 6 * 6) * 5  # 2 FLOPs per multiply-add
     assert flops_per_example(model, torch.rand(7, 3, 8, 8)) == by_hand
 
+
+
+class TinyMergeable(TinyLowRank):
+    """A low-rank layer that rebuilds U·S every forward (as training forms do) and merges for inference."""
+
+    def forward(self, x):
+        us = self.U if self.S is None else self.U @ self.S
+        return (x @ self.V) @ us.T
+
+    def merged(self):
+        first = nn.Linear(self.V.shape[0], self.V.shape[1], bias=False)
+        second = nn.Linear(self.U.shape[1], self.U.shape[0], bias=False)
+        with torch.no_grad():
+            first.weight.copy_(self.V.T)
+            second.weight.copy_(self.U if self.S is None else self.U @ self.S)
+        return nn.Sequential(first, second)
+
+
+def test_flops_are_counted_on_the_inference_form():
+    n, m, r = 30, 40, 5
+    g = torch.Generator().manual_seed(0)
+    low = TinyMergeable(torch.randn(n, r, generator=g), torch.randn(r, r, generator=g), torch.randn(m, r, generator=g))
+    model = nn.Sequential(nn.Flatten(), low).eval()
+    deployed = inference_form(model)
+    x = torch.rand(3, 1, 4, 10)
+    assert torch.allclose(deployed(x), model(x), atol=1e-4)
+    assert isinstance(model[1], TinyMergeable)  # the model itself is untouched
+    assert flops_per_example(deployed, x) == 2 * (m * r + r * n)  # U·S is not recomputed per pass
+    assert flops_per_example(model, x) == 2 * (m * r + r * n) + 2 * n * r * r
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(4, 4))
+    assert inference_form(plain) is plain
 
 def test_latency_is_a_median_of_repeats():
     out = latency_ms(nn.Linear(16, 16).eval(), torch.rand(8, 16), min_repeats=3, max_repeats=6, max_seconds=0.0)
