@@ -199,7 +199,13 @@ def run(cfg: RunConfig, *, prepared: Prepared | None = None, log=print) -> tuple
         details = method.describe(model)
         if details:
             row["method_details"] = json.dumps(details, sort_keys=True, default=float)
-        state_dir = Path(cfg.results_dir) / ".state" / run_id
+        # Keyed by the configuration, not the run id: an interrupted `bench run` repeated with the same
+        # flags retrains to the same weights (seeded) and AutoAttack resumes from the finished ε.
+        # The state files are named by a hash of weights, points, ε and attacks, so a stale file is
+        # never reused for a different model.
+        state_key = f"{track.name}__{params_id(cfg.method, p.params)}__c{p.compression:g}__seed{cfg.seed}"
+        state_dir = Path(cfg.results_dir) / ".state" / "".join(
+            ch if ch.isalnum() or ch in "-_.=," else "_" for ch in state_key)
         ectx = EvalContext(device=device, n_eval=p.n_eval, aa_version=cfg.aa_version,
                            skip_attacks=cfg.skip_attacks, state_dir=state_dir,
                            dense_factory=lambda: build_model(track.arch, **model_kwargs),
