@@ -282,9 +282,6 @@ def cmd_leaderboard(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Idle OpenMP threads sleep instead of spinning: on a busy machine spinning workers slowed small
-    # models 7-14x (measured on 2 cores at load 4-6). Must be set before torch is imported.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     from bench.data import DataError
