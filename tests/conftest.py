@@ -45,3 +45,20 @@ def run_bench():
                               cwd=str(cwd or REPO), timeout=timeout)
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def real_runs(tmp_path_factory) -> Path:
+    """Tiny real runs made once per session: dense with two seeds and vanilla_lowrank at 0.5, no attacks.
+
+    Shared by the leaderboard and browser tests.
+    """
+    from bench.cli import main
+
+    d = tmp_path_factory.getbasetemp() / "leaderboard-real-runs"
+    d.mkdir(parents=True, exist_ok=True)
+    common = ["--epochs", "1", "--no-attacks", "--quiet", "--results-dir", str(d)]
+    for args in (["--method", "dense", "--seed", "0"], ["--method", "dense", "--seed", "1"],
+                 ["--method", "vanilla_lowrank", "--seed", "0", "--compression", "0.5"]):
+        assert main(["run", *args, *common]) == 0, f"bench run {' '.join(args)} failed"
+    return d

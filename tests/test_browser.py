@@ -26,30 +26,9 @@ REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-COMPRESSED_METHODS = ("vanilla_lowrank", "svd_prune", "pruning", "robust_lowrank")
 CHART = '[data-testid="stVegaLiteChart"] svg, [data-testid="stVegaLiteChart"] canvas'
 
 pytestmark = pytest.mark.browser
-
-
-def _make_real_runs(base: Path) -> Path:
-    """Tiny real runs (two dense seeds, one compressed method), shared with test_leaderboard.py."""
-    d = base / "leaderboard-real-runs"
-    if (d / ".complete").exists():
-        return d
-    from bench.cli import main
-    from bench.registry import METHODS
-
-    d.mkdir(parents=True, exist_ok=True)
-    common = ["--epochs", "1", "--no-attacks", "--quiet", "--threads", "2", "--results-dir", str(d)]
-    runs = [["--method", "dense", "--seed", "0"], ["--method", "dense", "--seed", "1"]]
-    other = next((m for m in COMPRESSED_METHODS if m in METHODS), None)
-    if other:
-        runs.append(["--method", other, "--seed", "0", "--compression", "0.5"])
-    for args in runs:
-        assert main(["run", *args, *common]) == 0, f"bench run {' '.join(args)} failed"
-    (d / ".complete").write_text("ok")
-    return d
 
 
 def _free_port() -> int:
@@ -87,10 +66,10 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory) -> Path:
+def results(real_runs, tmp_path_factory) -> Path:
     """The real runs plus a corrupt file, as the issue's check uses."""
     d = tmp_path_factory.mktemp("browser-results")
-    for p in _make_real_runs(tmp_path_factory.getbasetemp()).glob("*.parquet"):
+    for p in real_runs.glob("*.parquet"):
         shutil.copy(p, d)
     (d / "corrupt.parquet").write_bytes(b"this is not parquet")
     return d

@@ -21,38 +21,6 @@ import pytest
 from bench.results import new_run_id, read_results, write_row
 
 APP = Path(__file__).resolve().parent.parent / "leaderboard_app" / "app.py"
-#: the first of these that is registered gives the real compressed run; dense alone otherwise
-COMPRESSED_METHODS = ("vanilla_lowrank", "svd_prune", "pruning", "robust_lowrank")
-
-
-def _make_real_runs(base: Path) -> Path:
-    """Tiny real runs (two dense seeds, one compressed method) under ``base``, made once per session.
-
-    test_browser.py has the same helper, so whichever test file runs first makes them.
-    """
-    d = base / "leaderboard-real-runs"
-    if (d / ".complete").exists():
-        return d
-    from bench.cli import main
-    from bench.registry import METHODS
-
-    d.mkdir(parents=True, exist_ok=True)
-    common = ["--epochs", "1", "--no-attacks", "--quiet", "--threads", "2", "--results-dir", str(d)]
-    runs = [["--method", "dense", "--seed", "0"], ["--method", "dense", "--seed", "1"]]
-    other = next((m for m in COMPRESSED_METHODS if m in METHODS), None)
-    if other:
-        runs.append(["--method", other, "--seed", "0", "--compression", "0.5"])
-    for args in runs:
-        assert main(["run", *args, *common]) == 0, f"bench run {' '.join(args)} failed"
-    (d / ".complete").write_text("ok")
-    return d
-
-
-@pytest.fixture(scope="session")
-def real_runs(tmp_path_factory) -> Path:
-    return _make_real_runs(tmp_path_factory.getbasetemp())
-
-
 @pytest.fixture(scope="session")
 def real_methods(real_runs) -> list[str]:
     return sorted(read_results(real_runs)["method"].unique())

@@ -1,3 +1,4 @@
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -86,9 +87,12 @@ def test_cli_unknown_method_is_a_clean_error(run_bench):
 def test_entry_point_plugin_installed_for_real(tmp_path, repo_root, run_bench):
     """The README's worked example: a separately installed distribution found through `bench.methods`."""
     target = tmp_path / "site"
+    src = tmp_path / "src"  # a copy: building in the checkout would leave build/ and egg-info there
+    shutil.copytree(repo_root / "examples" / "bench-plugin-example", src,
+                    ignore=shutil.ignore_patterns("build", "*.egg-info"))
     r = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(repo_root / "examples" / "bench-plugin-example")],
+         "--target", str(target), str(src)],
         capture_output=True, text=True, timeout=300,
     )
     assert r.returncode == 0, r.stderr
