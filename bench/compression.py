@@ -1,7 +1,9 @@
 """Parameter counting in the *inference form* of a model, the unit of matched compression.
 
-A module may define ``inference_param_count() -> int`` (low-rank layers count
-n·r + r·m + bias, with U·S merged); the count then does not recurse into it.
+A module class may define ``inference_param_count() -> int`` (low-rank layers count
+n·r + r·m + bias, with U·S merged); the count then does not recurse into it. The method is
+looked up on the class, so a child module that happens to be *named*
+``inference_param_count`` is never mistaken for it.
 A pruned weight (``torch.nn.utils.prune`` leaves ``<name>_orig`` and a
 ``<name>_mask``) counts its non-zero mask entries. Everything else counts its
 parameters' elements.
@@ -18,9 +20,8 @@ def inference_param_count(model: nn.Module) -> int:
 
     def visit(mod: nn.Module) -> None:
         nonlocal total
-        fn = getattr(mod, "inference_param_count", None)
-        if callable(fn) and _defines(mod):
-            total += int(fn())
+        if callable(getattr(type(mod), "inference_param_count", None)):
+            total += int(mod.inference_param_count())
             return
         masks = {n[:-5]: b for n, b in mod.named_buffers(recurse=False) if n.endswith("_mask")}
         for pname, p in mod.named_parameters(recurse=False):
@@ -34,10 +35,6 @@ def inference_param_count(model: nn.Module) -> int:
 
     visit(model)
     return total
-
-
-def _defines(mod: nn.Module) -> bool:
-    return "inference_param_count" in type(mod).__dict__
 
 
 def nonzero_param_count(model: nn.Module) -> int:

@@ -66,7 +66,8 @@ class _LowRank(nn.Module):
         """Whether the inference form keeps two factors (it does when that saves parameters)."""
         return self.rank * (self.n + self.m) < self.n * self.m
 
-    def _inference_param_count(self) -> int:
+    def inference_param_count(self) -> int:
+        """n·r + r·m (+ bias) with U·S merged, or n·m (+ bias) when that is no more."""
         weights = self.rank * (self.n + self.m) if self.factored() else self.n * self.m
         return weights + (self.n if self.bias is not None else 0)
 
@@ -118,11 +119,6 @@ class LowRankLinear(_LowRank):
 
     def dense_weight(self) -> torch.Tensor:
         return self.dense_matrix()
-
-    def inference_param_count(self) -> int:
-        """n·r + r·m (+ bias) with U·S merged, or n·m (+ bias) when that is no more."""
-        # defined in each layer class: bench.compression only trusts a class's own count
-        return self._inference_param_count()
 
     @torch.no_grad()
     def merged(self) -> nn.Module:
@@ -179,11 +175,6 @@ class LowRankConv2d(_LowRank):
 
     def dense_weight(self) -> torch.Tensor:
         return self.dense_matrix().reshape(self.out_channels, self.in_channels, *self.kernel_size)
-
-    def inference_param_count(self) -> int:
-        """n·r + r·m (+ bias) with U·S merged, or n·m (+ bias) when that is no more."""
-        # defined in each layer class: bench.compression only trusts a class's own count
-        return self._inference_param_count()
 
     @torch.no_grad()
     def merged(self) -> nn.Module:

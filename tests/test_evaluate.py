@@ -12,24 +12,7 @@ from bench.evaluate import EvalContext, evaluate
 from bench.results import read_results, write_row
 
 
-def _separable(n_per_class, seed):
-    """4 classes on a 2x2 image: x_k in [0.65, 0.75], other pixels in [0.25, 0.35] (see test_metrics)."""
-    g = torch.Generator().manual_seed(seed)
-    xs, ys = [], []
-    for k in range(4):
-        x = 0.25 + 0.1 * torch.rand(n_per_class, 4, generator=g)
-        x[:, k] = 0.65 + 0.1 * torch.rand(n_per_class, generator=g)
-        xs.append(x)
-        ys.append(torch.full((n_per_class,), k))
-    return torch.cat(xs).view(-1, 1, 2, 2), torch.cat(ys)
-
-
-def _identity_classifier():
-    lin = torch.nn.Linear(4, 4)
-    with torch.no_grad():
-        lin.weight.copy_(torch.eye(4))
-        lin.bias.zero_()
-    return torch.nn.Sequential(torch.nn.Flatten(), lin).eval()
+from toy_models import identity_classifier, separable  # noqa: E402  (tests/ is on sys.path)
 
 
 @pytest.fixture(autouse=True)
@@ -49,8 +32,8 @@ PROTOCOL = EvalProtocol(
 
 
 def _data():
-    x, y = _separable(n_per_class=6, seed=1)
-    xv, yv = _separable(n_per_class=2, seed=2)
+    x, y = separable(n_per_class=6, seed=1)
+    xv, yv = separable(n_per_class=2, seed=2)
     return DataSplits(name="toy", source="test", x_train=xv, y_train=yv, x_val=xv, y_val=yv, x_test=x, y_test=y,
                       num_classes=4)
 
@@ -61,9 +44,9 @@ def _row(cols):
 
 def test_evaluate_columns_round_trip_through_parquet(tmp_path):
     state = tmp_path / ".state" / "r1"
-    ctx = EvalContext(device=torch.device("cpu"), n_eval=16, state_dir=state, dense_factory=_identity_classifier,
+    ctx = EvalContext(device=torch.device("cpu"), n_eval=16, state_dir=state, dense_factory=identity_classifier,
                       progress=False)
-    cols = evaluate(_identity_classifier(), _data(), PROTOCOL, ctx)
+    cols = evaluate(identity_classifier(), _data(), PROTOCOL, ctx)
     assert not state.exists() and not state.parent.exists()  # state removed after success
     write_row(_row(cols), tmp_path)
     r = read_results(tmp_path).iloc[0]
@@ -99,7 +82,7 @@ def test_evaluate_columns_round_trip_through_parquet(tmp_path):
 
 def test_skip_attacks_keeps_conditioning_and_cost(tmp_path):
     ctx = EvalContext(device=torch.device("cpu"), n_eval=16, skip_attacks=True, progress=False)
-    cols = evaluate(_identity_classifier(), _data(), PROTOCOL, ctx)
+    cols = evaluate(identity_classifier(), _data(), PROTOCOL, ctx)
     assert cols["robust_acc"] is None and cols["aa_curve"] == [] and cols["aa_flags"] == []
     assert cols["cond_max"] == pytest.approx(1.0) and cols["flops_per_example"] == 32
     assert cols["dense_latency_ms_per_batch"] is None
@@ -108,8 +91,8 @@ def test_skip_attacks_keeps_conditioning_and_cost(tmp_path):
 def test_format_summary_shows_the_evaluation(tmp_path):
     from bench.cli import format_summary
 
-    ctx = EvalContext(device=torch.device("cpu"), n_eval=16, dense_factory=_identity_classifier, progress=False)
-    cols = evaluate(_identity_classifier(), _data(), PROTOCOL, ctx)
+    ctx = EvalContext(device=torch.device("cpu"), n_eval=16, dense_factory=identity_classifier, progress=False)
+    cols = evaluate(identity_classifier(), _data(), PROTOCOL, ctx)
     cols["aa_flags"] = ["Linf eps=0.1 custom: something odd"]
     row = {"method_id": "dense", "track": "toy", "seed": 0, "n_params": 20, "n_params_dense": 20, **cols}
     text = format_summary(row, tmp_path / "x.parquet")

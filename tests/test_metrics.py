@@ -115,36 +115,14 @@ def test_layer_conditioning_walks_linear_conv_pruned_and_lowrank_layers():
     assert all(isinstance(k, float) for k in summary["layer_kappa"])
 
 
-# -- a linear classifier with a known margin ------------------------------------------------------
-# f_k(x) = x_k on a 2x2 "image" (4 classes). A point of class k has x_k in [0.65, 0.75] and the
-# other pixels in [0.25, 0.35], so the gap x_k − x_j is in [0.3, 0.5]. Flipping k to j needs an
-# Linf perturbation of gap/2 (in [0.15, 0.25]) or an L2 perturbation of gap/√2 (in [0.21, 0.36]).
-
-def _separable(n_per_class=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    xs, ys = [], []
-    for k in range(4):
-        x = 0.25 + 0.1 * torch.rand(n_per_class, 4, generator=g)
-        x[:, k] = 0.65 + 0.1 * torch.rand(n_per_class, generator=g)
-        xs.append(x)
-        ys.append(torch.full((n_per_class,), k))
-    return torch.cat(xs).view(-1, 1, 2, 2), torch.cat(ys)
-
-
-def _identity_classifier():
-    lin = nn.Linear(4, 4)
-    with torch.no_grad():
-        lin.weight.copy_(torch.eye(4))
-        lin.bias.zero_()
-    return nn.Sequential(nn.Flatten(), lin).eval()
-
+from toy_models import identity_classifier, separable  # noqa: E402
 
 CE = ("apgd-ce",)
 
 
 def test_autoattack_keeps_every_point_below_the_margin_and_none_above_it():
-    model = _identity_classifier()
-    x, y = _separable()
+    model = identity_classifier()
+    x, y = separable()
     steps = [AAStep("Linf", 0.1, "custom", CE), AAStep("Linf", 0.3, "custom", CE),
              AAStep("L2", 0.1, "custom", CE), AAStep("L2", 0.5, "custom", CE)]
     res = autoattack_curve(model, x, y, steps, seed=0)
@@ -155,8 +133,8 @@ def test_autoattack_keeps_every_point_below_the_margin_and_none_above_it():
 
 
 def test_autoattack_curve_is_nested_monotone_and_counts_misclassified_points_as_broken():
-    model = _identity_classifier()
-    x, y = _separable()
+    model = identity_classifier()
+    x, y = separable()
     y = y.clone()
     y[0] = 3  # a point the model gets wrong before any attack
     steps = plan_curve(linf_eps=(0.3, 0.1, 0.2), headline_eps=0.1, curve_attacks=CE, headline_version="standard")
@@ -186,8 +164,8 @@ def test_plan_curve_forced_version_and_validation():
 
 def test_standard_version_on_a_tiny_model():
     """The full standard set (APGD-CE, APGD-T, FAB-T, Square) runs through and agrees with the margin."""
-    model = _identity_classifier()
-    x, y = _separable(n_per_class=2)
+    model = identity_classifier()
+    x, y = separable(n_per_class=2)
     res = autoattack_curve(model, x, y, plan_curve(linf_eps=(0.3,), headline_eps=0.3), seed=0)
     (p,) = res.points
     assert (p["version"], p["attacks"], p["acc"]) == ("standard", "apgd-ce,apgd-t,fab-t,square", 0.0)
@@ -196,7 +174,7 @@ def test_standard_version_on_a_tiny_model():
 class _Probabilities(nn.Module):
     def __init__(self):
         super().__init__()
-        self.net = _identity_classifier()
+        self.net = identity_classifier()
 
     def forward(self, x):
         return torch.softmax(self.net(x), dim=1)
@@ -211,7 +189,7 @@ def _dropout_in_train_mode():
 
 
 def _constant():
-    model = _identity_classifier()
+    model = identity_classifier()
     with torch.no_grad():
         model[1].weight.zero_()  # every logit 0: class 0 is "correct" for its points, with zero gradient
     return model
@@ -224,7 +202,7 @@ def _constant():
 ])
 def test_pyautoattack_warnings_are_captured_as_flags(make, expected, caplog):
     model = make()
-    x, y = _separable(n_per_class=4)
+    x, y = separable(n_per_class=4)
     with caplog.at_level(logging.WARNING):
         # APGD-T's DLR loss is where pyautoattack checks for zero gradients
         res = autoattack_curve(model, x, y, [AAStep("Linf", 0.05, "custom", ("apgd-ce", "apgd-t"))], seed=0)
@@ -261,8 +239,8 @@ class _Counting(nn.Module):
 
 
 def test_interrupted_curve_resumes_from_the_state_files(tmp_path):
-    model = _Counting(_identity_classifier()).eval()
-    x, y = _separable()
+    model = _Counting(identity_classifier()).eval()
+    x, y = separable()
     steps = [AAStep("Linf", 0.1, "custom", ("apgd-ce", "apgd-t")), AAStep("Linf", 0.3, "custom", CE)]
 
     def interrupt_at_second_step(msg):
@@ -289,8 +267,8 @@ def test_interrupted_curve_resumes_from_the_state_files(tmp_path):
 
 
 def test_half_finished_state_runs_only_the_remaining_attacks(tmp_path):
-    model = _identity_classifier()
-    x, y = _separable()
+    model = identity_classifier()
+    x, y = separable()
     step = AAStep("Linf", 0.1, "custom", ("apgd-ce", "apgd-t"))
     autoattack_curve(model, x, y, [step], state_dir=tmp_path)
     (path,) = tmp_path.glob("*.json")
@@ -308,10 +286,10 @@ def test_half_finished_state_runs_only_the_remaining_attacks(tmp_path):
 
 
 def test_a_state_from_another_model_is_never_reused(tmp_path):
-    x, y = _separable()
+    x, y = separable()
     step = AAStep("Linf", 0.3, "custom", CE)
-    autoattack_curve(_identity_classifier(), x, y, [step], state_dir=tmp_path)
-    other = _identity_classifier()
+    autoattack_curve(identity_classifier(), x, y, [step], state_dir=tmp_path)
+    other = identity_classifier()
     with torch.no_grad():
         other[1].weight.mul_(2.0)
     autoattack_curve(other, x, y, [step], state_dir=tmp_path)
@@ -321,8 +299,8 @@ def test_a_state_from_another_model_is_never_reused(tmp_path):
 # -- FGSM / PGD -----------------------------------------------------------------------------------
 
 def test_fgsm_and_pgd_against_the_known_margin():
-    model = _identity_classifier()
-    x, y = _separable()
+    model = identity_classifier()
+    x, y = separable()
     assert attack_curve(model, x, y, (0.0, 0.1, 0.3), attack="fgsm") == [
         {"eps": 0.0, "acc": 1.0}, {"eps": 0.1, "acc": 1.0}, {"eps": 0.3, "acc": 0.0}]
     assert [p["acc"] for p in attack_curve(model, x, y, (0.1, 0.3), attack="pgd", norm="Linf", steps=10)] == [1.0, 0.0]
@@ -331,8 +309,8 @@ def test_fgsm_and_pgd_against_the_known_margin():
 
 @pytest.mark.parametrize("norm", ["Linf", "L2"])
 def test_pgd_stays_in_the_ball_and_the_box(norm):
-    model = _identity_classifier()
-    x, y = _separable()
+    model = identity_classifier()
+    x, y = separable()
     x[0, 0, 0, 0] = 0.0
     eps = 0.2
     xa = pgd(model, x, y, eps, norm=norm, steps=5, generator=torch.Generator().manual_seed(0))
