@@ -7,18 +7,13 @@ from typing import Literal
 
 from bench.method import BuildContext
 from bench.registry import register_method
-from methods.robust_lowrank import RobustLowRank
+from methods.robust_lowrank import CondLRParams, RobustLowRank
 
 
 @dataclass(frozen=True)
-class OrthogonalParams:
+class OrthogonalParams(CondLRParams):
     #: mean: W = √a·(U Q Vᵀ), a scaled orthogonal matrix, κ = 1; approx_orth: κ(W) ≤ kappa
     mode: Literal["mean", "approx_orth"] = "mean"
-    kappa: float = 1.5
-
-    def __post_init__(self):
-        if not self.kappa > 1.0:
-            raise ValueError(f"kappa must be > 1, got {self.kappa}")
 
 
 @register_method("orthogonal_dense")

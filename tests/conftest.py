@@ -18,6 +18,17 @@ def _bench_exe() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "bench.cli"]
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a shared CPU each parallel region can stall."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO

@@ -15,13 +15,7 @@ from bench.results import read_results, write_row
 from toy_models import identity_classifier, separable  # noqa: E402  (tests/ is on sys.path)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The models here are tiny: thread hand-offs would cost more than the arithmetic (and the CPU is shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 PROTOCOL = EvalProtocol(

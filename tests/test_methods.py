@@ -21,13 +21,7 @@ from bench.train import Budget, train
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from a second thread, and on a shared CPU each parallel region can stall."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 HP = OptimHP(lr=0.05, momentum=0.9, weight_decay=5e-4)
 
 

@@ -22,13 +22,7 @@ from bench.metrics.sensitivity import jacobian_spectral_norm, relative_condition
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The models here are tiny: thread hand-offs would cost more than the arithmetic (and the CPU is shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def _with_singular_values(s, rows, cols, seed=0):
