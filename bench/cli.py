@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tracks", action="store_true", help="list tracks")
     g.add_argument("--models", action="store_true", help="list model architectures")
     pw = sub.add_parser("sweep", help="run a grid: methods x compressions x seeds on one track, skipping done runs")
-    pw.add_argument("--methods", required=True, help="comma-separated method names, or 'all'")
+    pw.add_argument("--methods", required=True,
+                    help="comma-separated methods, each optionally with parameters: "
+                         "'dense,robust_lowrank[mode=mean,kappa=2]'; or 'all'")
     pw.add_argument("--compressions", default=None, help="comma-separated targets (default: the track's)")
     pw.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     pw.add_argument("--track", "-t", default="digits-cnn")
@@ -64,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     plb.add_argument("--results-dir", default=None, help="default: $BENCH_RESULTS_DIR, then ./results")
     plb.add_argument("--port", type=int, default=8501)
     plb.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    from bench import perf
+    perf.add_parser(sub)
     return parser
 
 
@@ -99,12 +103,12 @@ def cmd_sweep(args) -> int:
     from bench import runner
     from bench.config import RunConfig
     from bench.registry import METHODS
-    from bench.sweep import config_key, done_keys, expand
+    from bench.sweep import config_key, done_keys, expand, parse_methods
 
-    methods = METHODS.names() if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = [(m, {}) for m in METHODS.names()] if args.methods == "all" else parse_methods(args.methods)
     comps = [float(c) for c in args.compressions.split(",")] if args.compressions else [None]
     seeds = [int(s) for s in args.seeds.split(",")]
-    base = RunConfig(method=methods[0], track=args.track, epochs=args.epochs, budget_seconds=args.budget_seconds,
+    base = RunConfig(method=methods[0][0], track=args.track, epochs=args.epochs, budget_seconds=args.budget_seconds,
                      device=args.device, data_dir=args.data_dir, results_dir=args.results_dir, n_eval=args.n_eval,
                      aa_version=args.aa_version, skip_attacks=args.no_attacks, num_threads=args.threads,
                      progress=sys.stderr.isatty())
@@ -121,7 +125,8 @@ def cmd_sweep(args) -> int:
           flush=True)
     failed = 0
     for i, (cfg, _) in enumerate(todo, 1):
-        print(f"[{i}/{len(todo)}] {cfg.method} compression={cfg.compression} seed={cfg.seed}", flush=True)
+        params = "".join(f" {k}={v}" for k, v in sorted(cfg.method_params.items()))
+        print(f"[{i}/{len(todo)}] {cfg.method}{params} compression={cfg.compression} seed={cfg.seed}", flush=True)
         try:
             row, path = runner.run(cfg)
             print(f"    clean {row.get('clean_acc', float('nan')):.4f}  robust {_fmt(row.get('robust_acc'))}  "
@@ -207,7 +212,13 @@ def cmd_list(args) -> int:
 
     if args.tracks:
         for name, t in TRACKS.items():
-            print(f"{name:18s} {t.dataset:14s} {t.arch:10s} {t.epochs:g} epochs, compression {t.compression:g}  {t.description}")
+            print(f"{name}: {t.dataset}, {t.arch}, {t.epochs:g} epochs, compression {t.compression:g}, "
+                  f"{t.eval.n_eval} attacked points")
+            print(f"    {t.description}")
+            if t.reference:
+                print(f"    reproduces: {t.reference}" + ("" if t.differs else " (exactly)"))
+            if t.differs:
+                print(f"    differs: {t.differs}")
         return 0
     if args.models:
         for name, fn in MODELS.items():
@@ -288,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     from bench.method import ParamError
     from bench.registry import RegistryError
 
-    handlers = {"run": cmd_run, "sweep": cmd_sweep, "list": cmd_list, "show": cmd_show, "leaderboard": cmd_leaderboard}
+    handlers = {"run": cmd_run, "sweep": cmd_sweep, "list": cmd_list, "show": cmd_show, "leaderboard": cmd_leaderboard,
+                "perf": __import__("bench.perf", fromlist=["cmd_perf"]).cmd_perf}
     try:
         return handlers[args.command](args)
     except (RegistryError, ParamError, DataError, ValueError) as exc:  # bench.train.BudgetError is a ValueError

@@ -67,6 +67,34 @@ class Track:
     val_fraction: float = 0.25  # the paper holds out 25% of the training set
     compression: float = 0.5
     eval: EvalProtocol = field(default_factory=EvalProtocol)
+    #: the model's input normalisation: "data" (the training split's channel mean/std), "none"
+    #: (inputs used as [0, 1] pixels), or explicit ((mean per channel), (std per channel))
+    normalization: str | tuple[tuple[float, ...], tuple[float, ...]] = "data"
+    #: keep only the first N images of the official training split (before the validation split)
+    train_subset: int | None = None
+    #: the published setting this track reproduces ("" for none), and what it changes from it
+    #: ("" = nothing: architecture, initialisation, optimizer, schedule and split are the paper's)
+    reference: str = ""
+    differs: str = ""
+
+    def __post_init__(self):
+        if isinstance(self.normalization, str):
+            if self.normalization not in ("data", "none"):
+                raise ValueError(f"track {self.name}: normalization must be 'data', 'none' or (mean, std), "
+                                 f"got {self.normalization!r}")
+        elif len(self.normalization) != 2 or len(self.normalization[0]) != len(self.normalization[1]):
+            raise ValueError(f"track {self.name}: normalization must be ((mean, ...), (std, ...))")
+        if self.train_subset is not None and self.train_subset < 1:
+            raise ValueError(f"track {self.name}: train_subset must be >= 1")
+
+    def summary(self) -> str:
+        """One line: the description, then what differs from the reference setting."""
+        text = self.description
+        if self.reference:
+            text += f" [{self.reference}" + (f"; differs: {self.differs}]" if self.differs else ", exactly]")
+        elif self.differs:
+            text += f" [{self.differs}]"
+        return text
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

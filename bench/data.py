@@ -72,8 +72,12 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, val_fraction: float = 0.25,
-                 download: bool = True) -> DataSplits:
-    """Load data set ``name`` and split off a fixed validation set from its training split."""
+                 download: bool = True, train_subset: int | None = None) -> DataSplits:
+    """Load data set ``name`` and split off a fixed validation set from its training split.
+
+    ``train_subset``: keep only the first N images of the official training split (before the
+    validation split), for subset tracks; an error when the split holds fewer.
+    """
     import torch
 
     if name not in DATASETS:
@@ -89,6 +93,10 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, val_fr
         xtr, ytr, xte, yte, source = _digits()
     else:
         xtr, ytr, xte, yte, source = _find(name, root, download)
+    if train_subset is not None:
+        if not 0 < train_subset <= len(ytr):
+            raise DataError(f"train_subset={train_subset} but {name} has {len(ytr)} training images")
+        xtr, ytr = xtr[:train_subset], ytr[:train_subset]
     xtr_t, ytr_t = _to_tensors(xtr, ytr)
     xte_t, yte_t = _to_tensors(xte, yte)
     n_val = int(round(len(ytr_t) * val_fraction))

@@ -9,10 +9,16 @@ curves lists of structs; a list is empty, never null, when there is nothing to l
 Clean
     ``n_test`` int, ``clean_acc`` float (whole test split), ``val_acc`` float|null,
     ``clean_acc_eval`` float (the ``aa_n`` attacked points, unattacked).
+    ``clean_acc_ci_low``, ``clean_acc_ci_high`` float: 95% Wilson interval of ``clean_acc``
+    over the ``n_test`` points (the seed spread is the leaderboard's, across rows).
+    ``attacked_indices`` list<int>: the test-split indices every attack used (today the
+    first ``n_eval``), so two rows can be compared point for point.
 AutoAttack (``pyautoattack``; see :mod:`bench.metrics.autoattack` for the exact semantics)
     ``robust_acc`` float, ``robust_eps`` float: the headline, Linf at the track's
     ``headline_eps``; null when attacks are skipped.
     ``aa_headline_version`` str ('standard' | 'plus'), ``aa_n`` int (points attacked).
+    ``robust_acc_ci_low``, ``robust_acc_ci_high`` float: 95% Wilson interval of
+    ``robust_acc`` over the ``aa_n`` points; null when attacks are skipped.
     ``aa_curve`` list<struct{norm: str, eps: float, acc: float, version: str,
     attacks: str (comma-separated, e.g. "apgd-ce,apgd-t"), n: int, n_attacked: int,
     seconds: float}>: the whole curve, one struct per (norm, ε), Linf by increasing ε then
@@ -23,15 +29,25 @@ AutoAttack (``pyautoattack``; see :mod:`bench.metrics.autoattack` for the exact 
     ``aa_flags`` list<str>: every warning ``pyautoattack`` logged and every Python
     warning raised during the attacks, as ``"<norm> eps=<ε> <version>: <message>"``.
     ``aa_seconds`` float: wall time of the whole AutoAttack curve.
-FGSM / PGD (own implementations, :mod:`bench.metrics.attacks`; raw, one attack per ε)
+FGSM / PGD (own implementations, :mod:`bench.metrics.attacks`; raw, one attack per ε; a
+point is broken when any iterate, the clean input included, misclassifies it)
     ``fgsm_curve``, ``pgd_linf_curve``, ``pgd_l2_curve``: list<struct{eps: float, acc: float}>
     on the track's grids (the paper's), ``pgd_steps`` int, ``attack_seconds`` float.
 Conditioning (:mod:`bench.metrics.conditioning`)
     ``layer_names``, ``layer_kinds`` ('lowrank' | 'linear' | 'conv'), ``layer_shapes``
-    ("out x in·kh·kw") list<str>; ``layer_kappa``, ``layer_spectral_norm`` list<float>;
-    ``layer_ranks`` list<int> (numerical rank of the effective weight), all in the same
-    layer order; ``cond_max`` float, ``log10_cond_prod`` float (log10 ∏κ_l),
-    ``lipschitz_upper`` float (∏‖W_l‖₂).
+    ("out x in·kh·kw") list<str>; ``layer_ranks`` list<int> (numerical rank of the stored
+    weight), all in the same layer order. Each layer's κ and ‖·‖₂ are of its *folded*
+    matrix diag(a_out)·W·diag(b_in): the eval-mode BatchNorm scale γ/√(running_var + ε) of
+    a BN right after the layer (conv → BN → act), and as b_in the |scale| of a BN before it
+    (pre-activation BN → act → conv) and the model's ``Normalize`` 1/std for the layers
+    that consume the input — at inference these scales are part of the layer's linear
+    map, so κ(W) alone is not the layer's κ. ``layer_kappa``, ``layer_spectral_norm``
+    list<float> (folded); ``cond_max`` float (max folded κ), ``log10_cond_prod`` float
+    (log10 ∏ folded κ_l), ``lipschitz_upper`` float (∏ folded ‖W_l‖₂). The stored weights
+    alone: ``layer_kappa_raw``, ``layer_spectral_norm_raw`` list<float>, ``cond_max_raw``
+    float. ``layer_folded`` list<str>: per layer what was folded ("" nothing, "bn",
+    "bn_in", "input_norm", joined by "+", e.g. "bn+input_norm"; "untraced" when the model
+    could not be traced with ``torch.fx`` and folded == raw).
 Cost (:mod:`bench.metrics.cost`), of the inference form (low-rank layers merged to two
 plain layers with U·S multiplied once, the form ``n_params`` counts)
     ``n_nonzero`` int (non-zero parameters, pruning masks applied), ``flops_per_example``
@@ -100,7 +116,9 @@ def evaluate(model: torch.nn.Module, data, protocol: EvalProtocol, ctx: EvalCont
         "clean_acc": accuracy(model, data.x_test, data.y_test, device=device),
         "val_acc": accuracy(model, data.x_val, data.y_val, device=device) if len(data.y_val) else None,
         "clean_acc_eval": accuracy(model, x_eval, y_eval, device=device) if n_eval else None,
+        "attacked_indices": list(range(n_eval)),
     }
+    row["clean_acc_ci_low"], row["clean_acc_ci_high"] = _ci(row["clean_acc"], row["n_test"])
 
     row.update(conditioning_summary(layer_conditioning(model)))
 
@@ -127,17 +145,27 @@ def evaluate(model: torch.nn.Module, data, protocol: EvalProtocol, ctx: EvalCont
     row["sensitivity_rel_cond_median"] = float(finite.median()) if len(finite) else None
     row["sensitivity_points"] = int(k)
 
-    row.update(robust_acc=None, robust_eps=None, aa_headline_version=None, aa_n=0, aa_curve=[], aa_flags=[],
+    row.update(robust_acc=None, robust_acc_ci_low=None, robust_acc_ci_high=None, robust_eps=None, aa_headline_version=None, aa_n=0, aa_curve=[], aa_flags=[],
                aa_seconds=None, fgsm_curve=[], pgd_linf_curve=[], pgd_l2_curve=[], pgd_steps=int(protocol.pgd_steps),
                attack_seconds=None)
     if not ctx.skip_attacks and n_eval > 0:
         row.update(_autoattack_columns(model, x_eval, y_eval, protocol, ctx, device))
+        row["robust_acc_ci_low"], row["robust_acc_ci_high"] = _ci(row["robust_acc"], row["aa_n"])
         row.update(_fgsm_pgd_columns(model, x_eval, y_eval, protocol, ctx, device))
         if ctx.state_dir is not None:
             _remove_state(Path(ctx.state_dir))
     model.eval()
     row["eval_seconds"] = time.perf_counter() - t_start
     return row
+
+
+def _ci(acc: float | None, n: int) -> tuple[float | None, float | None]:
+    """95% Wilson interval of an accuracy measured on ``n`` points (None when there is none)."""
+    from bench.metrics.accuracy import wilson_interval
+
+    if acc is None or not n:
+        return None, None
+    return wilson_interval(round(acc * n), n)
 
 
 def _autoattack_columns(model, x, y, protocol: EvalProtocol, ctx: EvalContext, device) -> dict[str, Any]:

@@ -1,5 +1,4 @@
-"""Low-rank layers W = U S Vᵀ (Linear and Conv2d), matched-compression rank plans, and the
-manifold step of CondLR (orthonormal U, V; conditioned S).
+"""Low-rank layers W = U S Vᵀ (Linear and Conv2d) and matched-compression rank plans.
 
 * :class:`LowRankLinear` and :class:`LowRankConv2d` hold ``U`` (n×r), ``S`` (r×r, or ``None``
   for the plain U Vᵀ form) and ``V`` (m×r), where the layer's weight reshaped to
@@ -10,14 +9,12 @@ manifold step of CondLR (orthonormal U, V; conditioned S).
   no more (a full-rank layer merges back to one matrix). :meth:`merged` exports it.
 * :func:`plan_ranks` picks per-layer ranks so that a model's inference-form parameter
   count is within 1 % of (1 − c) of the dense count; every low-rank method shares it.
-* :class:`ManifoldSGD` is momentum SGD in which each CondLR layer's U and V stay
-  orthonormal (tangent projection + Cholesky-QR retraction) and S is conditioned
-  (κ(S) ≤ κ̄ or κ(S) = 1) after every step.
+* :func:`layer_condition` is κ(U S Vᵀ) of a layer. The CondLR step that keeps U, V orthonormal
+  and S conditioned is :class:`bench.condlr.ManifoldSGD`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -27,11 +24,6 @@ from torch import nn
 import torch.nn.functional as F
 
 from bench.compression import inference_param_count
-
-# A layer whose conditioning would be reported as exactly κ̄ could read as κ̄(1 + 1e-7) after
-# float32 rounding; clamping to a bound this much tighter keeps every reported κ ≤ κ̄.
-_KAPPA_MARGIN = 1e-4
-
 
 # --------------------------------------------------------------------------------------------
 # layers
@@ -361,177 +353,6 @@ def plan_ranks(model: nn.Module, compression: float, *, keep_dense: Iterable[str
         ranks=factorised, full_ranks={k: min(nm) for k, nm in cand.items()},
         kept_dense=sorted(set(cand) - set(factorised) | set(stay)),
     )
-
-
-# --------------------------------------------------------------------------------------------
-# the CondLR manifold step
-# --------------------------------------------------------------------------------------------
-def cholesky_qr(X: torch.Tensor) -> torch.Tensor:
-    """The Q factor of X (…×n×r, full column rank) with diag(R) > 0, from R = chol(XᵀX).
-
-    Only matmuls, an r×r Cholesky and a triangular solve. Its loss of orthogonality is about
-    eps·κ(X)², harmless here: the retraction feeds it U − η·d with d ⟂ U, whose κ² = 1 + η²‖d‖².
-    Falls back to Householder QR when the Cholesky fails.
-    """
-    G = X.transpose(-1, -2) @ X
-    L, info = torch.linalg.cholesky_ex(G)
-    if X.device.type == "cpu" and bool(info.any()):  # only checked where it costs no device sync
-        Q, R = torch.linalg.qr(X)
-        return Q * torch.sign(torch.diagonal(R, dim1=-2, dim2=-1)).unsqueeze(-2)
-    # X = Q Lᵀ  =>  Q = X L⁻ᵀ
-    return torch.linalg.solve_triangular(L.transpose(-1, -2), X, upper=True, left=False)
-
-
-def project_tangent(X: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
-    """(I − XXᵀ) D: the component of D orthogonal to span(X) (the part S cannot absorb)."""
-    return D - X @ (X.transpose(-1, -2) @ D)
-
-
-def effective_bound(kappa_bar: float) -> float:
-    return 1.0 + (kappa_bar - 1.0) * (1.0 - _KAPPA_MARGIN)
-
-
-@torch.no_grad()
-def condition_s_exact(S: torch.Tensor, mode: str, kappa_bar: float) -> torch.Tensor:
-    """Constrain S with a full SVD (used once at initialisation and as the fallback)."""
-    P, s, Qh = torch.linalg.svd(S)
-    if mode == "mean":
-        a = (s.square().sum() / s.numel()).sqrt()
-        return (P @ Qh) * a  # the closest scaled orthogonal matrix
-    s_new = _clamp_spectrum(s, kappa_bar)
-    return (P * s_new) @ Qh
-
-
-def _clamp_spectrum(s: torch.Tensor, kappa_bar: float) -> torch.Tensor:
-    """Clamp singular values to [mean − e, mean + e], e = mean·(κ − 1)/(κ + 1), so max/min ≤ κ."""
-    k = effective_bound(kappa_bar)
-    mean = s.mean(dim=-1, keepdim=True)
-    e = mean * (k - 1.0) / (k + 1.0)
-    return torch.minimum(torch.maximum(s, mean - e), mean + e)
-
-
-@torch.no_grad()
-def condition_s_(S: torch.Tensor, mode: str, kappa_bar: float) -> None:
-    """Constrain S in place after a step (S is then close to a constrained matrix).
-
-    approx_orth: S = P diag(s) Qᵀ from the eigen-decomposition SᵀS = Q diag(s²) Qᵀ (an r×r eigh,
-    several times cheaper than an SVD); the singular values are clamped around their mean, and
-    S ← S Q diag(s'/s) Qᵀ = P diag(s') Qᵀ, so κ(S) ≤ κ̄.
-    mean: a = tr(SSᵀ)/r and S ← √a · Q_S, the Q factor of S (Cholesky-QR, positive diag(R)): κ(S) = 1.
-    Both are accurate to about eps·κ(S)² before the step; a step that made S badly conditioned
-    (κ > 10) takes the SVD path instead.
-    """
-    r = S.shape[-1]
-    if mode == "mean":
-        a = S.square().sum() / r
-        Q = cholesky_qr(S)
-        if S.device.type == "cpu" and not bool(torch.isfinite(Q).all()):
-            S.copy_(condition_s_exact(S, mode, kappa_bar))
-            return
-        S.copy_(Q * a.sqrt())
-        return
-    lam, Q = torch.linalg.eigh(S.t() @ S)  # ascending
-    if S.device.type == "cpu" and not bool(lam[0] > lam[-1] * 1e-2):  # κ(S) > 10: eigh would be too coarse
-        S.copy_(condition_s_exact(S, mode, kappa_bar))
-        return
-    s = lam.clamp_min(torch.finfo(lam.dtype).tiny).sqrt()
-    s_new = _clamp_spectrum(s, kappa_bar)
-    S.copy_((S @ (Q * (s_new / s))) @ Q.t())
-
-
-class ManifoldSGD(torch.optim.SGD):
-    """Momentum SGD for CondLR: U, V of every listed layer stay orthonormal and S conditioned.
-
-    One step, per layer (REFERENCE.md §2): the gradients of U and V are projected onto the
-    tangent space, d ← (I − UUᵀ)d, and scaled by 1/a with a = ‖S‖²_F / r (so a step moves the
-    weight U S Vᵀ about as much as a dense SGD step would, whatever the scale of S); then plain
-    momentum SGD (S and every other parameter get weight decay, U and V none); then U and V
-    are retracted with Cholesky-QR and S is conditioned. All of it runs in every step, so the
-    invariants (‖UᵀU − I‖ ≈ 1e-6, κ(S) ≤ κ̄) hold after every step.
-
-    The momentum buffer is not re-projected onto the new tangent space: its normal component
-    there is O(lr), so the within-span rotation it adds is O(lr²) and the retraction absorbs
-    it; re-projecting would cost as much as the gradient projection (4·n·r² flops per factor).
-    Per factor the step costs about 7·n·r² flops: Uᵀg, the projection, XᵀX, one triangular
-    solve; per layer one r×r Cholesky and eigh, no SVD.
-
-    The trainer writes ``lr`` into both parameter groups; U and V are in the one marked
-    ``stiefel``.
-    """
-
-    def __init__(self, model: nn.Module, layers: list[_LowRank], *, lr: float, momentum: float, weight_decay: float,
-                 nesterov: bool = False, mode: str = "approx_orth", kappa_bar: float = 1.5):
-        if mode not in ("approx_orth", "mean"):
-            raise ValueError(f"mode must be 'approx_orth' or 'mean', got {mode!r}")
-        self.layers = list(layers)
-        self.mode, self.kappa_bar = mode, kappa_bar
-        stiefel = [p for l in self.layers for p in (l.U, l.V)]
-        ids = {id(p) for p in stiefel}
-        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-        groups = [{"params": rest}, {"params": stiefel, "weight_decay": 0.0, "stiefel": True}]
-        super().__init__(groups, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                         nesterov=nesterov and momentum > 0)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        on_cpu = bool(self.layers) and self.layers[0].U.device.type == "cpu"
-        with _intra_op_threads(1 if on_cpu else None):
-            self._step()
-        return loss
-
-    def _step(self) -> None:
-        for l in self.layers:
-            inv_a = float(l.rank / l.S.square().sum()) if l.S.device.type == "cpu" else l.rank / l.S.square().sum()
-            for X in (l.U, l.V):
-                g = X.grad
-                if g is not None:  # g ← (g − X Xᵀ g) / a, one fused matmul
-                    if isinstance(inv_a, float):
-                        g.addmm_(X, X.t() @ g, beta=inv_a, alpha=-inv_a)
-                    else:
-                        g.sub_(X @ (X.t() @ g)).mul_(inv_a)
-        super().step()
-        for l in self.layers:
-            l.U.copy_(cholesky_qr(l.U))
-            l.V.copy_(cholesky_qr(l.V))
-            condition_s_(l.S, self.mode, self.kappa_bar)
-
-
-@contextlib.contextmanager
-def _intra_op_threads(n: int | None):
-    """Run a block on ``n`` intra-op threads (None: unchanged).
-
-    The CPU step runs on one thread: its n×r and r×r algebra gains little from a second core,
-    and on a shared, oversubscribed CPU every OpenMP parallel region can stall for a scheduler
-    time slice. Measured on the 2-core machine at load ~6: 27 ms per LeNet5 step on one thread,
-    360–2,200 ms on two.
-    """
-    old = torch.get_num_threads()
-    if n is None or n == old:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-@torch.no_grad()
-def orthonormalize_layer_(layer: _LowRank, mode: str, kappa_bar: float) -> None:
-    """Put a layer exactly on the constraint set (orthonormal U, V; conditioned S) with full QR/SVD."""
-    for X in (layer.U, layer.V):
-        Q, R = torch.linalg.qr(X)
-        d = torch.sign(torch.diagonal(R))
-        X.copy_(Q * d)
-        # keep U S Vᵀ unchanged up to the conditioning: fold R into S
-        R = R * d.unsqueeze(1)
-        layer.S.copy_(R @ layer.S if X is layer.U else layer.S @ R.t())
-    layer.S.copy_(condition_s_exact(layer.S, mode, kappa_bar))
-    layer.orthonormal = True
 
 
 def layer_condition(layer: _LowRank) -> float:

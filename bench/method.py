@@ -88,8 +88,12 @@ class Method:
 
     @classmethod
     def summary(cls) -> str:
-        doc = (cls.__doc__ or "").strip().splitlines()
-        return doc[0] if doc else ""
+        """The docstring's first line, plus its ``Weight decay:`` line when it has one."""
+        doc = [line.strip() for line in (cls.__doc__ or "").strip().splitlines()]
+        if not doc:
+            return ""
+        wd = next((line for line in doc[1:] if line.startswith("Weight decay:")), None)
+        return doc[0] + (f" {wd}" if wd else "")
 
 
 # -- parameters --------------------------------------------------------------

@@ -1,5 +1,13 @@
 """Model builders, registered by name. Every model takes inputs in [0, 1] and
-normalises internally, so attack budgets ε are on the pixel scale."""
+normalises internally (``mean``/``std``; the track decides which), so attack budgets ε are on
+the pixel scale.
+
+Activations are LeakyReLU (slope 0.01, PyTorch's default), as in the CondLR paper's models.
+This matters for the conditioning metrics: the paper bounds a network's relative condition
+number by ∏ κ(W_l)·κ(σ_l), and κ(σ) of an activation is finite only when σ is bi-Lipschitz.
+LeakyReLU has slopes in [0.01, 1], so κ(σ) ≤ 100 and the bound means something; ReLU maps a
+half-line to 0 (slope 0), κ(σ) = ∞, and the bound is vacuous whatever the weights.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +30,14 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+def _act() -> nn.Module:
+    return nn.LeakyReLU(LEAKY_SLOPE)
+
+
+#: LeakyReLU slope (PyTorch's default, the CondLR paper's)
+LEAKY_SLOPE = 0.01
+
+
 def _norm(in_channels, mean, std):
     mean = list(mean) if mean is not None else [0.5] * in_channels
     std = list(std) if std is not None else [0.5] * in_channels
@@ -33,24 +49,24 @@ def digits_cnn(*, num_classes: int = 10, in_channels: int = 1, image_size: int =
     """A small CNN for 8x8 digits: conv32-conv64-fc128-fc10."""
     return nn.Sequential(
         _norm(in_channels, mean, std),
-        nn.Conv2d(in_channels, 32, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(in_channels, 32, 3, padding=1), _act(),
+        nn.Conv2d(32, 64, 3, padding=1), _act(), nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(64 * (image_size // 2) ** 2, 128), nn.ReLU(),
+        nn.Linear(64 * (image_size // 2) ** 2, 128), _act(),
         nn.Linear(128, num_classes),
     )
 
 
 @register_model("lenet5")
 def lenet5(*, num_classes: int = 10, in_channels: int = 1, image_size: int = 28, mean=None, std=None) -> nn.Module:
-    """LeNet5 as in the CondLR paper: conv20(5x5)-pool-conv50(5x5)-pool-fc500-fc10."""
+    """LeNet5 as in the CondLR paper: conv20(5x5)-LReLU-pool-conv50(5x5)-LReLU-pool-fc500-LReLU-fc10, PyTorch init."""
     s = ((image_size - 4) // 2 - 4) // 2
     return nn.Sequential(
         _norm(in_channels, mean, std),
-        nn.Conv2d(in_channels, 20, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(20, 50, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(in_channels, 20, 5), _act(), nn.MaxPool2d(2),
+        nn.Conv2d(20, 50, 5), _act(), nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(50 * s * s, 500), nn.ReLU(),
+        nn.Linear(50 * s * s, 500), _act(),
         nn.Linear(500, num_classes),
     )
 
@@ -60,23 +76,33 @@ _VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M"
 
 @register_model("vgg16")
 def vgg16(*, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, mean=None, std=None) -> nn.Module:
-    """VGG16 with BatchNorm for 32x32 inputs; classifier FC 512-512-classes as in the CondLR paper."""
+    """VGG16 as in the CondLR paper: 13 conv3x3 (no bias) + BN + LReLU, FC 512-512 + Dropout(0.2), Kaiming init."""
     layers: list[nn.Module] = [_norm(in_channels, mean, std)]
     c = in_channels
     for v in _VGG16_CFG:
         if v == "M":
             layers.append(nn.MaxPool2d(2))
         else:
-            layers += [nn.Conv2d(c, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
+            # momentum=0.9 as the paper's code passes it: in PyTorch's convention the new batch
+            # statistics weigh 0.9 in the running estimates.
+            layers += [nn.Conv2d(c, v, 3, padding=1, bias=False), nn.BatchNorm2d(v, momentum=0.9), _act()]
             c = v
     s = image_size // 32
     layers += [
         nn.Flatten(),
-        nn.Linear(512 * s * s, 512), nn.ReLU(inplace=True),
-        nn.Linear(512, 512), nn.ReLU(inplace=True),
+        nn.Linear(512 * s * s, 512), _act(),
+        nn.Linear(512, 512), _act(),
+        nn.Dropout(0.2),
         nn.Linear(512, num_classes),
     ]
-    return nn.Sequential(*layers)
+    model = nn.Sequential(*layers)
+    # The paper's initialisation: Kaiming-normal weights (fan-in, ReLU gain), biases uniform on [0, 1).
+    for mod in model.modules():
+        if isinstance(mod, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
+            if mod.bias is not None:
+                nn.init.uniform_(mod.bias)
+    return model
 
 
 class _WideBasic(nn.Module):
@@ -93,11 +119,11 @@ class _WideBasic(nn.Module):
             self.shortcut = nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
 
     def forward(self, x):
-        o = F.relu(self.bn1(x))
+        o = F.leaky_relu(self.bn1(x), LEAKY_SLOPE)
         # The projection shortcut sees the pre-activated input, the identity the raw input.
         shortcut = self.shortcut(o) if self.shortcut is not None else x
         out = self.conv1(o)
-        out = self.conv2(F.relu(self.bn2(out)))
+        out = self.conv2(F.leaky_relu(self.bn2(out), LEAKY_SLOPE))
         return out + shortcut
 
 
@@ -122,14 +148,14 @@ class WideResNet(nn.Module):
     def forward(self, x):
         x = self.conv1(self.norm(x))
         x = self.blocks(x)
-        x = F.relu(self.bn(x))
+        x = F.leaky_relu(self.bn(x), LEAKY_SLOPE)
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)
         return self.fc(x)
 
 
 @register_model("wrn16_4")
 def wrn16_4(*, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, mean=None, std=None) -> nn.Module:
-    """WideResNet-16-4 (pre-activation, dropout 0)."""
+    """WideResNet-16-4 (pre-activation, LeakyReLU, dropout 0)."""
     return WideResNet(16, 4, num_classes, in_channels, mean, std)
 
 

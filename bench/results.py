@@ -34,20 +34,21 @@ __doc__ += "\n" + ", ".join(REQUIRED_COLUMNS) + "\n\nProvenance: " + ", ".join(P
 _STR = ("run_id", "status", "error", "method", "method_params", "method_id", "track", "dataset", "arch", "device",
         "config_json", "created_at", "git_commit", "python_version", "torch_version", "torchvision_version",
         "pyautoattack_version", "device_name", "hostname", "data_source", "stopped_by", "method_details",
-        "aa_headline_version", "traceback")
+        "aa_headline_version", "traceback", "track_description", "track_differs")
 FLOAT_COLUMNS = (
     "compression_target", "compression", "train_seconds", "images_per_second", "clean_acc", "robust_acc",
     "robust_eps", "cond_max", "epochs", "budget_epochs", "budget_seconds", "final_train_loss", "val_acc",
     "clean_acc_eval", "log10_cond_prod", "lipschitz_upper", "latency_ms_per_batch", "dense_latency_ms_per_batch",
     "latency_ratio", "sensitivity_rel_cond", "sensitivity_rel_cond_median", "aa_seconds", "attack_seconds",
-    "eval_seconds",
+    "eval_seconds", "cond_max_raw", "clean_acc_ci_low", "clean_acc_ci_high", "robust_acc_ci_low",
+    "robust_acc_ci_high",
 )
 INT_COLUMNS = ("seed", "n_params", "n_params_dense", "n_test", "n_train", "n_val", "steps", "n_nonzero",
                "flops_per_example", "latency_repeats", "latency_batch_size", "sensitivity_points", "aa_n",
                "pgd_steps")
-_LIST_STR = ("layer_names", "layer_shapes", "layer_kinds", "aa_flags")
-_LIST_FLOAT = ("layer_kappa", "layer_spectral_norm")
-_LIST_INT = ("layer_ranks",)
+_LIST_STR = ("layer_names", "layer_shapes", "layer_kinds", "aa_flags", "layer_folded")
+_LIST_FLOAT = ("layer_kappa", "layer_spectral_norm", "layer_kappa_raw", "layer_spectral_norm_raw")
+_LIST_INT = ("layer_ranks", "attacked_indices")
 _CURVES = ("fgsm_curve", "pgd_linf_curve", "pgd_l2_curve")
 
 

@@ -68,6 +68,19 @@ def prepare(cfg: RunConfig) -> Prepared:
     return Prepared(cfg, track, method_cls, params, epochs, budget_seconds, compression, n_eval)
 
 
+def input_normalization(track: Track, data) -> tuple[list[float], list[float]]:
+    """The (mean, std) per channel the model normalises its [0, 1] input with, as the track says."""
+    if track.normalization == "data":
+        return data.channel_stats()
+    if track.normalization == "none":
+        return [0.0] * data.in_channels, [1.0] * data.in_channels
+    mean, std = (list(map(float, v)) for v in track.normalization)
+    if len(mean) != data.in_channels:
+        raise ValueError(f"track {track.name}: normalization has {len(mean)} channels, "
+                         f"{track.dataset} has {data.in_channels}")
+    return mean, std
+
+
 def resolve_device(name: str | None):
     import torch
 
@@ -156,19 +169,21 @@ def run(cfg: RunConfig, *, prepared: Prepared | None = None, log=print) -> tuple
         "run_id": run_id, "status": "ok", "error": None,
         "method": cfg.method, "method_params": json.dumps(params_to_dict(p.params), sort_keys=True),
         "method_id": params_id(cfg.method, p.params),
-        "track": track.name, "dataset": track.dataset, "arch": track.arch, "seed": cfg.seed,
+        "track": track.name, "track_description": track.summary(), "track_differs": track.differs,
+        "dataset": track.dataset, "arch": track.arch, "seed": cfg.seed,
         "compression_target": p.compression, "device": str(device),
         "budget_epochs": p.epochs, "budget_seconds": p.budget_seconds,
         "config_json": json.dumps(resolved, sort_keys=True, default=str),
     }
     row.update(provenance(device))
     # A data set that cannot be found is a set-up error, not a failed run: no row is written.
-    data = load_dataset(track.dataset, cfg.data_dir, val_fraction=track.val_fraction)
+    data = load_dataset(track.dataset, cfg.data_dir, val_fraction=track.val_fraction,
+                        train_subset=track.train_subset)
     try:
         row["data_source"] = data.source
         row["n_train"] = int(len(data.y_train))
         row["n_val"] = int(len(data.y_val))
-        mean, std = data.channel_stats()
+        mean, std = input_normalization(track, data)
         model_kwargs = dict(num_classes=data.num_classes, in_channels=data.in_channels,
                             image_size=data.image_size, mean=mean, std=std)
         seed_everything(cfg.seed)

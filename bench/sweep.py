@@ -10,10 +10,62 @@ from typing import Iterable
 from bench.config import RunConfig
 
 
-def expand(base: RunConfig, methods: Iterable[str], compressions: Iterable[float | None],
+MethodSpec = tuple[str, dict]
+
+
+def parse_methods(text: str) -> list[MethodSpec]:
+    """``"dense,robust_lowrank[mode=mean,kappa=2]"`` -> ``[("dense", {}), ("robust_lowrank", {...})]``.
+
+    Commas inside ``[...]`` separate parameters, commas outside separate methods. Values stay
+    strings; the method's ``Params`` parses and validates them (as for ``--param``).
+    """
+    specs, depth, start = [], 0, 0
+    for i, ch in enumerate(text + ","):
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f"--methods: unbalanced ']' in {text!r}")
+        elif ch == "," and depth == 0:
+            item = text[start:i].strip()
+            start = i + 1
+            if item:
+                specs.append(_parse_one(item))
+    if depth:
+        raise ValueError(f"--methods: unclosed '[' in {text!r}")
+    if not specs:
+        raise ValueError("--methods: no method given")
+    return specs
+
+
+def _parse_one(item: str) -> MethodSpec:
+    if "[" not in item:
+        return item, {}
+    name, rest = item.split("[", 1)
+    if not rest.endswith("]") or "[" in rest:
+        raise ValueError(f"--methods: expected NAME[KEY=VALUE,...], got {item!r}")
+    params = {}
+    for kv in rest[:-1].split(","):
+        if not kv.strip():
+            continue
+        if "=" not in kv:
+            raise ValueError(f"--methods: expected KEY=VALUE inside [...] of {item!r}, got {kv.strip()!r}")
+        k, v = kv.split("=", 1)
+        params[k.strip()] = v.strip()
+    return name.strip(), params
+
+
+def expand(base: RunConfig, methods: Iterable[str | MethodSpec], compressions: Iterable[float | None],
            seeds: Iterable[int]) -> list[RunConfig]:
-    return [dataclasses.replace(base, method=m, compression=c, seed=s)
-            for m, c, s in itertools.product(methods, compressions, seeds)]
+    """The grid, seed-major: every method and compression of seed 0, then of seed 1, ...
+
+    So a sweep stopped midway leaves whole seeds, comparable across methods, not all seeds of
+    the first methods and none of the rest.
+    """
+    specs = [(m, {}) if isinstance(m, str) else m for m in methods]
+    return [dataclasses.replace(base, method=m, method_params=dict(p), compression=c, seed=s)
+            for s, (m, p), c in itertools.product(seeds, specs, compressions)]
 
 
 def done_keys(results_dir) -> set[tuple]:

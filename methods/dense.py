@@ -8,7 +8,10 @@ from bench.registry import register_method
 
 @register_method("dense")
 class Dense(Method):
-    """Uncompressed network trained with momentum SGD (the reference point)."""
+    """Uncompressed network trained with momentum SGD (the reference point).
+
+    Weight decay: the track's, on every parameter.
+    """
 
     Params = NoParams
     compresses = False

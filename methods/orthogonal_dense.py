@@ -1,4 +1,10 @@
-"""The paper's uncompressed orthogonal baseline: every layer a full-rank U S Vᵀ with κ = 1."""
+"""Uncompressed, every layer a full-rank U S Vᵀ kept a *scaled* orthogonal matrix (κ = 1).
+
+The CondLR paper's orthogonal baselines keep W itself on the Stiefel manifold at unit scale
+(projected SGD with QR retraction, and Cayley SGD); this method keeps W = √a·(orthogonal) with
+a free per-layer scale a, which is CondLR's own step at compression 0. The unit-scale and
+Cayley variants are not implemented.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +24,10 @@ class OrthogonalParams(CondLRParams):
 
 @register_method("orthogonal_dense")
 class OrthogonalDense(RobustLowRank):
-    """Uncompressed, every layer kept (scaled) orthogonal by projected Riemannian SGD (paper baseline)."""
+    """Uncompressed, every layer kept a scaled orthogonal matrix √a·Q by projected Riemannian SGD.
+
+    Weight decay: none on U, V; the track's on S (hence on the scale a), biases and BatchNorm.
+    """
 
     Params = OrthogonalParams
     compresses = False

@@ -35,7 +35,10 @@ def _prunable(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 @register_method("pruning")
 class Pruning(Method):
-    """Global magnitude pruning of all Linear/Conv2d weights, gradual cubic schedule, then fine-tuning."""
+    """Global magnitude pruning of all Linear/Conv2d weights, gradual cubic schedule, then fine-tuning.
+
+    Weight decay: the track's, on every parameter.
+    """
 
     Params = PruningParams
 

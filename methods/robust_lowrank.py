@@ -1,13 +1,14 @@
 """CondLR (Savostianova et al., NeurIPS 2023): low-rank layers U S Vᵀ with orthonormal U, V and a
-conditioned S, trained with a Riemannian momentum-SGD step (see bench.lowrank.ManifoldSGD)."""
+conditioned S, trained with a Riemannian momentum-SGD step (see bench.condlr.ManifoldSGD)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
-from bench.lowrank import (ManifoldSGD, classifier_name, is_factorizable, lowrank_from_dense, lowrank_layers,
-                           orthonormalize_layer_, plan_ranks, replace_module)
+from bench.condlr import ManifoldSGD, orthonormalize_layer_
+from bench.lowrank import (classifier_name, is_factorizable, lowrank_from_dense, lowrank_layers, plan_ranks,
+                           replace_module)
 from bench.method import BuildContext, Method, OptimHP
 from bench.registry import register_method
 
@@ -18,6 +19,10 @@ class CondLRParams:
     mode: Literal["approx_orth", "mean"] = "approx_orth"
     #: the bound κ̄ of approx_orth (the paper's τ ≈ κ̄ − 1); ignored by mean
     kappa: float = 1.5
+    #: scale of the U, V step: inv_a (1/a, a = ‖S‖²_F/r, both modes; default) or reference (the
+    #: paper's code: (σ_min/σ_max)² of S in approx_orth, 1/a of the initial S in mean); see
+    #: bench.condlr.STEP_SCALES
+    step_scale: Literal["inv_a", "reference"] = "inv_a"
 
     def __post_init__(self):
         if not self.kappa > 1.0:
@@ -26,7 +31,12 @@ class CondLRParams:
 
 @register_method("robust_lowrank")
 class RobustLowRank(Method):
-    """CondLR: orthonormal U, V and conditioned S (κ ≤ kappa) in every layer, classifier full rank."""
+    """CondLR: orthonormal U, V and conditioned S (κ ≤ kappa) in every layer, classifier full rank.
+
+    Weight decay: none on U, V (they stay orthonormal); the track's on S, biases and BatchNorm.
+    The U, V step is scaled by 1/a (a = ‖S‖²_F/r) by default, so the trainer's lr moves U S Vᵀ
+    about as much as it moves a dense W; ``step_scale=reference`` uses the paper code's scale.
+    """
 
     Params = CondLRParams
 
@@ -50,7 +60,7 @@ class RobustLowRank(Method):
     def make_optimizer(self, model, hp: OptimHP):
         return ManifoldSGD(model, [m for _, m in lowrank_layers(model)], lr=hp.lr, momentum=hp.momentum,
                            weight_decay=hp.weight_decay, nesterov=hp.nesterov, mode=self.params.mode,
-                           kappa_bar=self.params.kappa)
+                           kappa_bar=self.params.kappa, step_scale=self.params.step_scale)
 
     def finalize(self, model) -> None:
         # The step keeps the constraints to float32 accuracy; one exact QR/SVD pass at the end

@@ -1,4 +1,8 @@
-"""The paper's SVD-prune baseline: dense training, then each layer truncated to its rank, then fine-tuning."""
+"""Train dense, truncate each layer's SVD to the low-rank ranks, fine-tune the factors.
+
+This is *not* the CondLR paper's SVD-prune baseline, which trains with an orthogonality
+regulariser and singular-value sparsification; it is the simpler post-hoc truncation.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,10 @@ class SVDPruneParams:
 
 @register_method("svd_prune")
 class SVDPrune(Method):
-    """Dense training, truncated SVD to the low-rank ranks at `switch` of the budget, then fine-tuning."""
+    """Train dense, truncate the SVD to the low-rank ranks at `switch` of the budget, fine-tune (not the paper's SVD-prune).
+
+    Weight decay: the track's, on every parameter (dense weights, then the factors).
+    """
 
     Params = SVDPruneParams
 

@@ -18,7 +18,10 @@ class VanillaParams:
 
 @register_method("vanilla_lowrank")
 class VanillaLowRank(Method):
-    """Factorised layers U Vᵀ trained directly by SGD, the same ranks as robust_lowrank."""
+    """Factorised layers U Vᵀ trained directly by SGD, the same ranks as robust_lowrank.
+
+    Weight decay: the track's, on every parameter, the factors U, V (and S) included.
+    """
 
     Params = VanillaParams
 

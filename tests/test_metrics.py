@@ -99,12 +99,21 @@ def test_layer_conditioning_walks_linear_conv_pruned_and_lowrank_layers():
     assert [L.name for L in layers] == ["1", "4.0", "4.1", "5"]
     assert [L.kind for L in layers] == ["conv", "linear", "lowrank", "linear"]
     assert [L.kappa for L in layers] == pytest.approx([4.0, 9.0, 4.0, 6.0 / 5.0], rel=1e-5)
-    assert [L.spectral_norm for L in layers] == pytest.approx([4.0, 9.0, 8.0, 6.0], rel=1e-5)
+    assert [L.spectral_norm_raw for L in layers] == pytest.approx([4.0, 9.0, 8.0, 6.0], rel=1e-5)
+    # the conv's folded matrix is diag(a)·W·diag(1/std): a fresh BN's a = 1/√(1 + ε), std = 0.2,
+    # uniform scales that leave κ alone and multiply the norm
+    scale = 5.0 / math.sqrt(1.0 + 1e-5)
+    assert [L.folded for L in layers] == ["bn+input_norm", "", "", ""]
+    assert [L.kappa_raw for L in layers] == pytest.approx([L.kappa for L in layers], rel=1e-9)
+    assert [L.spectral_norm for L in layers] == pytest.approx([4.0 * scale, 9.0, 8.0, 6.0], rel=1e-5)
     assert [L.rank for L in layers] == [3, 4, 2, 2]  # the pruned-away diagonal entry is a zero singular value
     summary = conditioning_summary(layers)
     assert summary["cond_max"] == pytest.approx(9.0, rel=1e-5)
+    assert summary["cond_max_raw"] == pytest.approx(9.0, rel=1e-5)
     assert summary["log10_cond_prod"] == pytest.approx(math.log10(4.0 * 9.0 * 4.0 * 1.2), rel=1e-5)
-    assert summary["lipschitz_upper"] == pytest.approx(4.0 * 9.0 * 8.0 * 6.0, rel=1e-5)
+    assert summary["lipschitz_upper"] == pytest.approx(4.0 * scale * 9.0 * 8.0 * 6.0, rel=1e-5)
+    assert summary["layer_spectral_norm_raw"] == pytest.approx([4.0, 9.0, 8.0, 6.0], rel=1e-5)
+    assert summary["layer_folded"] == ["bn+input_norm", "", "", ""]
     assert summary["layer_names"] == ["1", "4.0", "4.1", "5"]
     assert all(isinstance(k, float) for k in summary["layer_kappa"])
 
@@ -313,6 +322,44 @@ def test_pgd_stays_in_the_ball_and_the_box(norm):
     assert bool((size <= eps + 1e-6).all()) and xa.min() >= 0 and xa.max() <= 1
     xf = fgsm(model, x, y, eps)
     assert (xf - x).abs().max() <= eps + 1e-6 and xf.min() >= 0
+
+
+class _FlipsOnCall(nn.Module):
+    """Wraps a classifier; on the forward calls numbered in ``flip`` it swaps the two logits
+    (so that iterate is misclassified) and records every input it saw."""
+
+    def __init__(self, inner, flip):
+        super().__init__()
+        self.inner, self.flip, self.seen = inner, set(flip), []
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        out = self.inner(x)
+        return out.flip(1) if len(self.seen) in self.flip else out
+
+
+def test_pgd_counts_a_point_broken_when_any_iterate_misclassifies_it():
+    x, y = separable()
+    x, y = x[:1], y[:1]
+    # call 1 is the clean check (random start), calls 2.. the iterates; the 3rd is misclassified,
+    # the last one is not: the attack must return the 3rd call's input
+    model = _FlipsOnCall(identity_classifier(), flip={3})
+    xa = pgd(model, x, y, 0.1, steps=5, generator=torch.Generator().manual_seed(0))
+    assert len(model.seen) == 6
+    assert torch.equal(xa, model.seen[2])
+    assert not torch.equal(xa, model.seen[-1])
+    # a point never misclassified ends at the last iterate
+    model = _FlipsOnCall(identity_classifier(), flip=set())
+    xa = pgd(model, x, y, 0.1, steps=5, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(xa, model.seen[2]) and (xa - x).abs().max() <= 0.1 + 1e-6
+
+
+def test_fgsm_keeps_a_point_misclassified_clean():
+    x, y = separable()
+    model = _FlipsOnCall(identity_classifier(), flip={1})  # the clean gradient pass: all misclassified
+    assert torch.equal(fgsm(model, x, y, 0.3), x)
+    model = _FlipsOnCall(identity_classifier(), flip=set())
+    assert not torch.equal(fgsm(model, x, y, 0.3), x)
 
 
 # -- cost -----------------------------------------------------------------------------------------

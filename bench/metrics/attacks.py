@@ -3,6 +3,12 @@
 They attack the model in the mode it is in (callers use eval mode) and never touch its
 parameters' gradients. Every adversarial input is clamped to [0, 1].
 
+A point counts as broken if *any* iterate the attack visits misclassifies it, the clean
+input included: ``fgsm`` and ``pgd`` return, per point, the first misclassified iterate
+they met (the clean input when it is already misclassified), else the last iterate. The
+logits of every iterate are those already computed for its gradient, so this costs one
+forward pass per attack (the last iterate, and for PGD with a random start the clean input).
+
 The curves are *raw*: each ε is attacked independently, as in the CondLR paper's FGSM
 and PGD tables, so a curve may be non-monotone in ε where a larger step overshoots
 (FGSM is one step and famously does that). The AutoAttack curve is the monotone one.
@@ -18,12 +24,30 @@ import torch.nn.functional as F
 Norm = Literal["Linf", "L2"]
 
 
-def _input_grad(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _input_grad(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(∇ₓ of the summed cross-entropy, the logits at x)."""
     x = x.detach().requires_grad_(True)
+    logits = model(x)
     # summed, not averaged, so that a point's step does not depend on the batch size
-    loss = F.cross_entropy(model(x), y, reduction="sum")
+    loss = F.cross_entropy(logits, y, reduction="sum")
     (g,) = torch.autograd.grad(loss, x)
-    return g
+    return g, logits.detach()
+
+
+class _FirstBreak:
+    """Keeps, per point, the first iterate that was misclassified."""
+
+    def __init__(self, x: torch.Tensor):
+        self.best = x.detach().clone()
+        self.broken = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+
+    def see(self, x_iter: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        new = (logits.argmax(1) != y) & ~self.broken
+        self.best = torch.where(new.view(-1, *([1] * (x_iter.dim() - 1))), x_iter.detach(), self.best)
+        self.broken |= new
+
+    def result(self, x_last: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.broken.view(-1, *([1] * (x_last.dim() - 1))), self.best, x_last.detach())
 
 
 def _l2(t: torch.Tensor) -> torch.Tensor:
@@ -32,10 +56,16 @@ def _l2(t: torch.Tensor) -> torch.Tensor:
 
 
 def fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-    """Fast gradient sign method (Linf): x + ε·sign(∇ₓ CE), clamped to [0, 1]."""
+    """Fast gradient sign method (Linf): x + ε·sign(∇ₓ CE), clamped to [0, 1].
+
+    A point already misclassified clean is returned unchanged (see the module docstring).
+    """
     if eps == 0:
         return x.detach().clone()
-    return (x + eps * _input_grad(model, x, y).sign()).clamp(0.0, 1.0).detach()
+    g, logits = _input_grad(model, x, y)
+    track = _FirstBreak(x)
+    track.see(x, logits, y)
+    return track.result((x + eps * g.sign()).clamp(0.0, 1.0).detach())
 
 
 def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: Norm = "Linf",
@@ -45,6 +75,7 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
 
     ``step_size`` defaults to 2.5·ε/steps (Madry et al.), so the iterates can cross the ball.
     The random start is uniform in the Linf box, or a uniform direction at a uniform radius for L2.
+    Returns per point the first misclassified iterate (clean input included), else the last.
     """
     if norm not in ("Linf", "L2"):
         raise ValueError(f"norm must be 'Linf' or 'L2', got {norm!r}")
@@ -52,8 +83,11 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
         return x.detach().clone()
     alpha = 2.5 * eps / steps if step_size is None else float(step_size)
     x = x.detach()
+    track = _FirstBreak(x)
     delta = torch.zeros_like(x)
     if random_start:
+        with torch.no_grad():
+            track.see(x, model(x), y)
         r = torch.rand(x.shape, generator=generator).to(x.device)
         if norm == "Linf":
             delta = (2 * r - 1) * eps
@@ -63,14 +97,15 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
             delta = d / _l2(d) * eps * radius
         delta = (x + delta).clamp(0.0, 1.0) - x
     for _ in range(steps):
-        g = _input_grad(model, x + delta, y)
+        g, logits = _input_grad(model, x + delta, y)
+        track.see(x + delta, logits, y)
         if norm == "Linf":
             delta = (delta + alpha * g.sign()).clamp(-eps, eps)
         else:
             delta = delta + alpha * g / _l2(g)
             delta = delta * (eps / _l2(delta)).clamp(max=1.0)
         delta = (x + delta).clamp(0.0, 1.0) - x
-    return (x + delta).detach()
+    return track.result(x + delta)
 
 
 def attack_curve(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list, *,

@@ -1,0 +1,498 @@
+"""The CondLR optimizer step: momentum SGD that keeps every low-rank layer W = U S Vᵀ on the
+constraint set (orthonormal U, V; conditioned S) after every step (REFERENCE.md §2).
+
+One code path for every device and no host synchronisation inside :meth:`ManifoldSGD.step`:
+no ``.item()``, ``float(tensor)``, ``bool(tensor)`` or Python branch on a tensor value. Every
+guard that keeps the invariants is a ``torch.where`` on values computed for the whole batch.
+
+* The layers are bucketed once by shape: factors (n×r) of one shape stack, small ones are padded
+  into one bucket (:class:`_Bucket`), cores S likewise (:class:`_CoreBucket`); each stage of the
+  step is one batched call per bucket (a bucket of one layer is a view, no copy).
+* :func:`cholesky_qr` is the retraction: Cholesky-QR with the Gram matrix, the r×r Cholesky and
+  the solve in float64 (orthonormal to float32 rounding for κ(X) up to 1e5), and a completion
+  for (numerically) rank-deficient input, so that Q is orthonormal whatever X is.
+* :func:`condition_s` conditions S from a float64 ``eigh`` of SᵀS (r×r), accurate for κ(S) up to
+  1e5 before the step; beyond that (or for a non-finite S) a fallback still lands on the
+  constraint set.
+
+On CUDA, ``torch.linalg.eigh`` checks its LAPACK status on the host (one synchronisation per
+call, inside PyTorch): the approx_orth mode pays one per core bucket per step (two with
+``step_scale="reference"``); the mean mode with the default step scale uses only matmuls,
+``cholesky_ex`` and triangular solves, none of which synchronises. Float64 matmuls are full
+speed on H100/H200-class GPUs and on CPUs, not on consumer GPUs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+from torch import nn
+
+# A layer whose conditioning would be reported as exactly κ̄ could read as κ̄(1 + 1e-7) after
+# float32 rounding; clamping to a bound this much tighter keeps every reported κ ≤ κ̄.
+_KAPPA_MARGIN = 1e-4
+
+# cholesky_qr treats X as rank-deficient when κ_F(X) = ‖L‖_F‖L⁻¹‖_F (L = chol(XᵀX)), an upper
+# bound of κ(X), exceeds this: float64 Cholesky-QR keeps float32 orthogonality up to about here.
+# Such an X is factored as X + τ[C; 0] (C random: see _completion); κ(X) ≤ 1e5 / r never is.
+_KAPPA_F_MAX = 1e5
+# τ of the completion: 1e-2 × the rms column norm of X, then, where X + τC is still too
+# ill-conditioned (rare with a random C), 1 × more
+_COMPLETION_STEPS = (1e-2, 1.0)
+# ... "still too ill-conditioned" read off the spread of the Cholesky pivots (the randomness of C
+# leaves no structure that could hide a small singular value from them)
+_PIVOT_SPREAD = 1e3
+# condition_s: below this σ_min/σ_max (κ(S) > 1e5) the eigh route is not accurate enough
+_S_RANK_TOL = 1e-5
+# an r×r eigh costs about as much time as this many r×r×r matmuls (for bucketing cores)
+_EIGH_WEIGHT = 10.0
+
+#: How CondLR scales the tangent direction of U and V.
+#: ``inv_a``: by 1/a, a = ‖S‖²_F / r, in both modes, so a step moves U S Vᵀ about as much as a
+#: dense SGD step whatever the scale of S (the default: the trainer's lr then means the same for
+#: every method). ``reference``: as the paper's code, (σ_min(S)/σ_max(S))² in approx_orth (a
+#: factor in [1/κ̄², 1], independent of the scale of S) and the constant 1/a of the initial S in mean.
+STEP_SCALES = ("inv_a", "reference")
+
+
+# --------------------------------------------------------------------------------------------
+# batched, synchronisation-free linear algebra
+# --------------------------------------------------------------------------------------------
+def project_tangent(X: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+    """(I − XXᵀ) D: the component of D orthogonal to span(X) (the part S cannot absorb)."""
+    return D - X @ (X.transpose(-1, -2) @ D)
+
+
+@functools.lru_cache(maxsize=64)
+def _eye(n: int, r: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[I_r; 0] (n×r), cached: the identity when n = r, orthonormal columns otherwise."""
+    return torch.eye(n, r, dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=64)
+def _completion(r: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed random r×r matrix C (float64, entries of variance 1/r) and CᵀC, cached.
+
+    X + τ[C; 0] is full rank with a margin for any X: by smoothed analysis, σ_min of a matrix
+    plus a Gaussian τC (entries of variance τ²/r) is of order τ/r or more with high probability,
+    whatever the matrix. A structured completion such as X + τ[I; 0] can cancel (a square X
+    with an eigenvalue near −τ), and did in tests.
+    """
+    g = torch.Generator().manual_seed(20230528 + r)
+    C = (torch.randn(r, r, generator=g, dtype=torch.float64) / r ** 0.5).to(device)
+    return C, C.t() @ C
+
+
+def _masked_completion(blocks: list[tuple[int, int]], R: int, device: torch.device):
+    """Per slot of a padded batch, (C, CᵀC) with C the fixed R×R completion zeroed outside the
+    slot's block [:rows, :cols] (its real rows among the top R, its real columns)."""
+    C = _completion(R, torch.device("cpu"))[0].repeat(len(blocks), 1, 1)
+    for b, (rows, cols) in enumerate(blocks):
+        C[b, rows:, :] = 0.0
+        C[b, :, cols:] = 0.0
+    C = C.to(device)
+    return C, C.transpose(-1, -2) @ C
+
+
+def cholesky_qr(X: torch.Tensor, *, out: torch.Tensor | None = None,
+                completion: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """The Q factor of X (…×n×r, n ≥ r) with diag(R) > 0, orthonormal for every input.
+
+    Cholesky-QR in float64, batched over the leading dimensions: Q = X L⁻ᵀ with L = chol(XᵀX),
+    the Gram matrix, the r×r Cholesky and the n×r triangular solve all in float64, then Q cast
+    back to X's dtype. Only matmuls, r×r Cholesky factorisations and triangular solves: no
+    Householder QR. Cholesky-QR loses about eps·κ(X)² of orthogonality: 2e-4 at κ = 100 in
+    float32, below float32's rounding up to κ(X) = 1e5 in float64. That is the accuracy a
+    second float32 pass (Cholesky-QR2) would give, for the same n·r² work on a CPU or an
+    H100-class GPU (float64 at half or full float32 speed) and half the calls.
+
+    Where a batch element is (numerically) rank-deficient — the Cholesky fails, or the bound
+    κ_F = ‖L‖_F‖L⁻¹‖_F ≥ κ(X) exceeds 1e5 (never for κ(X) ≤ 1e5/r) — it factors X + τ[C; 0]
+    instead, τ = 1e-2 × the rms column norm of X (1.01 × where that is not enough) and C a fixed
+    random r×r matrix: the Q factor of a nearby full-rank matrix, orthonormal, its span within
+    about τ of containing span(X).
+    An element whose Cholesky still fails (a non-finite X) returns [I_r; 0]. The choices are
+    ``torch.where``-style selections: nothing is read back to the host. ``out`` (X itself
+    allowed) receives the result; ``completion`` = (C, CᵀC) replaces the fixed C (a padded batch
+    confines it to each slot's real block).
+    """
+    n, r = X.shape[-2:]
+    if n < r:
+        raise ValueError(f"cholesky_qr needs n >= r, got {n}×{r}")
+    wide = torch.float64
+    X64 = X.to(wide, copy=True)
+    G0 = X64.transpose(-1, -2) @ X64
+    eye = _eye(r, r, wide, X.device)
+    # X + τ[C; 0] has the Gram matrix G0 + τ(X_topᵀC + CᵀX_top + τCᵀC): exactly G0 where τ = 0
+    C, CtC = completion if completion is not None else _completion(r, X.device)
+    top = X64[..., :r, :]
+    cross = top.transpose(-1, -2) @ C
+    cross = cross + cross.transpose(-1, -2)
+    tr = G0.diagonal(dim1=-2, dim2=-1).sum(-1)
+    rms = (tr / r).sqrt()
+    L, info = torch.linalg.cholesky_ex(G0)
+    # κ_F² = tr(G)·tr(G⁻¹) = ‖L‖²_F‖L⁻¹‖²_F bounds κ(X)² from above (and by κ(X)²·r² from below)
+    tr_inv = torch.linalg.solve_triangular(L, eye, upper=False).square().sum((-2, -1))
+    bad = (info != 0) | ~(tr * tr_inv <= _KAPPA_F_MAX ** 2)  # a NaN counts as bad
+    tau = bad.to(wide) * (_COMPLETION_STEPS[0] * rms)
+    t = tau[..., None, None]
+    L, info = torch.linalg.cholesky_ex(G0 + t * (cross + t * CtC))
+    # X + τC is ill-conditioned by chance only (C is random), which its Cholesky pivots show
+    piv = L.diagonal(dim1=-2, dim2=-1)
+    worse = bad & ((info != 0) | ~(piv.amin(-1) * _PIVOT_SPREAD > piv.amax(-1)))
+    tau = tau + worse.to(wide) * (_COMPLETION_STEPS[1] * rms)
+    t = tau[..., None, None]
+    L, info = torch.linalg.cholesky_ex(G0 + t * (cross + t * CtC))
+    top.add_(tau[..., None, None] * C)
+    Q = torch.linalg.solve_triangular(L.transpose(-1, -2), X64, upper=True, left=False)
+    ok = (info == 0)[..., None, None]
+    return torch.where(ok, Q.to(X.dtype), _eye(n, r, X.dtype, X.device), out=out)
+
+
+def effective_bound(kappa_bar: float) -> float:
+    return 1.0 + (kappa_bar - 1.0) * (1.0 - _KAPPA_MARGIN)
+
+
+def _clamp_spectrum(s: torch.Tensor, kappa_bar: float, mean: torch.Tensor | None = None) -> torch.Tensor:
+    """Clamp singular values to [mean − e, mean + e], e = mean·(κ − 1)/(κ + 1), so max/min ≤ κ."""
+    k = effective_bound(kappa_bar)
+    if mean is None:
+        mean = s.mean(dim=-1, keepdim=True)
+    e = mean * (k - 1.0) / (k + 1.0)
+    return torch.minimum(torch.maximum(s, mean - e), mean + e)
+
+
+@torch.no_grad()
+def condition_s(S: torch.Tensor, mode: str, kappa_bar: float, *, padding: tuple | None = None,
+                completion: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """S (…×r×r) constrained, batched and without synchronisation; the r×r work in float64.
+
+    approx_orth: SᵀS = W diag(s²) Wᵀ (eigh), the singular values clamped around their mean (s')
+    and S ← S W diag(s'/s) Wᵀ = P diag(s') Wᵀ, so κ(S) ≤ κ̄. In float64 this is accurate (within
+    1e-5 of the SVD route, κ within the 1e-4 margin) for κ(S) up to 1e5 before the step, which
+    covers any step that is not a blow-up; where κ(S) > 1e5 (S numerically singular) or S is not
+    finite, the result is W diag(s') Wᵀ instead: on the constraint set, but not close to S.
+    mean: a = ‖S‖²_F / r and S ← √a · Q_S, the Q factor of S (:func:`cholesky_qr`): κ(S) = 1
+    (a non-finite S becomes an orthogonal matrix).
+
+    ``padding`` = (k, c), float64 tensors over the batch: the last k rows and columns of each S
+    are c·I padding around the real core (c within the core's singular values, e.g. their rms).
+    Both maps are matrix functions of a block-diagonal S, so the core's block of the result is
+    the core's own result once the mean of the singular values (approx_orth) or a (mean)
+    discounts the padding. ``completion``: passed to :func:`cholesky_qr` (mean).
+    """
+    wide = torch.float64
+    S64 = S.to(wide)
+    r = S.shape[-1]
+    k, c = padding if padding is not None else (0.0, 0.0)
+    if mode == "mean":
+        a = (S64.square().sum((-2, -1)) - k * c * c) / (r - k)
+        a = torch.nan_to_num(a, nan=1.0, posinf=1.0)  # a non-finite S becomes an orthogonal matrix
+        return (cholesky_qr(S64, completion=completion) * a.sqrt()[..., None, None]).to(S.dtype)
+    G = S64.transpose(-1, -2) @ S64
+    finite = torch.isfinite(G.sum((-2, -1)))
+    G = torch.where(finite[..., None, None], G, _eye(r, r, wide, S.device))  # eigh must not see a NaN
+    lam, W = torch.linalg.eigh(G)  # ascending
+    s = lam.clamp_min(0.0).sqrt()
+    mean = None if padding is None else ((s.sum(-1) - k * c) / (r - k)).unsqueeze(-1)
+    s_new = _clamp_spectrum(s, kappa_bar, mean)
+    ok = finite & (s[..., 0] > _S_RANK_TOL * s[..., -1])
+    Wf = W * (s_new / s.clamp_min(torch.finfo(wide).tiny)).unsqueeze(-2)
+    left = torch.where(ok[..., None, None], S64 @ Wf, W * s_new.unsqueeze(-2))  # P diag(s'), or W diag(s')
+    return (left @ W.transpose(-1, -2)).to(S.dtype)
+
+
+@torch.no_grad()
+def condition_s_exact(S: torch.Tensor, mode: str, kappa_bar: float) -> torch.Tensor:
+    """Constrain S with a full SVD (at initialisation and in :func:`orthonormalize_layer_`)."""
+    P, s, Qh = torch.linalg.svd(S)
+    if mode == "mean":
+        a = (s.square().sum(-1, keepdim=True) / s.shape[-1]).sqrt()
+        return (P @ Qh) * a.unsqueeze(-1)  # the closest scaled orthogonal matrix
+    s_new = _clamp_spectrum(s, kappa_bar)
+    return (P * s_new.unsqueeze(-2)) @ Qh
+
+
+# --------------------------------------------------------------------------------------------
+# the optimizer
+# --------------------------------------------------------------------------------------------
+def _stack(ts: list[torch.Tensor]) -> torch.Tensor:
+    """One batched tensor: a view of the only tensor (in-place ops reach it), else a stacked copy."""
+    return ts[0].unsqueeze(0) if len(ts) == 1 else torch.stack(ts)
+
+
+class _Bucket:
+    """Factors projected and retracted together: padded to one (N, R) shape and stacked.
+
+    Factor b (n×r) sits in the block [:n, :r] of its slot; the columns r..R−1 hold unit vectors
+    in rows n, n+1, … (below the factor), so the padded matrix is [[X, 0], [0, I], [0, 0]]. Its
+    Q factor is [[Q_X, 0], [0, I], [0, 0]], its tangent projection is the factor's padded with
+    zeros, and the completion :func:`cholesky_qr` adds to a rank-deficient slot stays in the
+    factor's block (C masked to it), so the block [:n, :r] of each result is the Q factor of the
+    factor alone. The packed tensors are allocated once; a bucket of one factor works on views
+    of the parameter and its gradient (no copy).
+    """
+
+    def __init__(self, params: list[torch.Tensor]):
+        self.shapes = [tuple(p.shape) for p in params]
+        self.R = max(r for _, r in self.shapes)
+        self.N = max(n + self.R - r for n, r in self.shapes)
+        self.exact = all(shape == (self.N, self.R) for shape in self.shapes)  # no padding
+        self.single = len(params) == 1
+        like = params[0]
+        self.dtype, self.device = like.dtype, like.device
+        if self.single:
+            return
+        self.X = torch.zeros(len(params), self.N, self.R, dtype=like.dtype, device=like.device)
+        for b, (n, r) in enumerate(self.shapes):
+            self.X[b, n:n + self.R - r, r:].copy_(torch.eye(self.R - r))
+        self.G = torch.zeros_like(self.X)
+        self.Q = torch.empty_like(self.X)
+        self.completion = _masked_completion([(min(n, self.R), r) for n, r in self.shapes], self.R, self.device)
+        self.X_blocks, self.G_blocks, self.Q_blocks = (self._blocks(t) for t in (self.X, self.G, self.Q))
+
+    def _blocks(self, P: torch.Tensor) -> list[torch.Tensor]:
+        return [P[b, :n, :r] for b, (n, r) in enumerate(self.shapes)]
+
+    def project_(self, params: list[torch.Tensor], grads: list[torch.Tensor], scale: torch.Tensor) -> None:
+        """grad ← (grad − X Xᵀ grad) · scale for every factor X (``scale``: one per factor)."""
+        if self.single:
+            X, G = params[0].unsqueeze(0), grads[0].unsqueeze(0)
+        else:
+            torch._foreach_copy_(self.X_blocks, params)
+            torch._foreach_copy_(self.G_blocks, grads)
+            X, G = self.X, self.G
+        G.baddbmm_(X, X.transpose(-1, -2) @ G, alpha=-1.0).mul_(scale.view(-1, 1, 1))
+        if not self.single:
+            torch._foreach_copy_(grads, self.G_blocks)
+
+    def retract_(self, params: list[torch.Tensor]) -> None:
+        """Every factor ← its Q factor (:func:`cholesky_qr`)."""
+        if self.single:
+            X = params[0].unsqueeze(0)
+            cholesky_qr(X, out=X)
+            return
+        torch._foreach_copy_(self.X_blocks, params)
+        cholesky_qr(self.X, out=self.Q, completion=self.completion)
+        torch._foreach_copy_(params, self.Q_blocks)
+
+
+class _CoreBucket:
+    """Cores S (r×r) conditioned together: padded to R×R with c·I (c = the rms singular value of
+    the core, so the padding changes neither its extreme singular values nor, once discounted,
+    their mean) and stacked; see :func:`condition_s`. Cores of one size need no padding."""
+
+    def __init__(self, sizes: list[int], like: torch.Tensor):
+        self.sizes = sizes
+        self.R = max(sizes)
+        self.exact = all(r == self.R for r in sizes)
+        if not self.exact:
+            dev = like.device
+            self.k = torch.tensor([float(self.R - r) for r in sizes], dtype=torch.float64, device=dev)
+            self.inv_sqrt_r = torch.tensor([r ** -0.5 for r in sizes], dtype=like.dtype, device=dev)
+            self.mask = (torch.arange(self.R, device=dev) >= torch.tensor(sizes, device=dev)[:, None]).to(like.dtype)
+            self.completion = _masked_completion([(r, r) for r in sizes], self.R, dev)
+
+    def blocks(self, P: torch.Tensor) -> list[torch.Tensor]:
+        return [P[b, :r, :r] for b, r in enumerate(self.sizes)]
+
+    def condition_(self, cores: list[torch.Tensor], mode: str, kappa_bar: float) -> None:
+        if self.exact:
+            out = condition_s(_stack(cores), mode, kappa_bar)
+            if len(cores) == 1:
+                cores[0].copy_(out[0])
+            else:
+                torch._foreach_copy_(cores, list(out.unbind(0)))
+            return
+        P = torch.zeros(len(cores), self.R, self.R, dtype=cores[0].dtype, device=cores[0].device)
+        torch._foreach_copy_(self.blocks(P), cores)
+        c = torch.stack(torch._foreach_norm(cores)) * self.inv_sqrt_r
+        P.diagonal(dim1=-2, dim2=-1).add_(self.mask * c[:, None])
+        out = condition_s(P, mode, kappa_bar, padding=(self.k, c.to(torch.float64)), completion=self.completion)
+        torch._foreach_copy_(cores, self.blocks(out))
+
+
+def _buckets(shapes: list[tuple[int, int]], slack: float, weight: float = 1.0) -> list[list[int]]:
+    """Indices of ``shapes`` (n, r) grouped into buckets, in order of r: one joins the last bucket
+    when padding the bucket to one shape adds at most ``slack`` to its ``weight``·n·r² work (equal
+    shapes always join). A factor (n×r) is padded to (N, R), N = max(n + R − r); a core to R×R."""
+    order = sorted(range(len(shapes)), key=lambda i: (shapes[i][1], shapes[i][0]))
+    square = all(n == r for n, r in shapes)
+    buckets: list[list[int]] = []
+    for i in order:
+        if buckets:
+            cand = buckets[-1] + [i]
+            R = max(shapes[j][1] for j in cand)
+            N = R if square else max(shapes[j][0] + R - shapes[j][1] for j in cand)
+            own = sum(shapes[j][0] * shapes[j][1] ** 2 for j in cand)
+            if weight * (len(cand) * N * R * R - own) <= slack:
+                buckets[-1] = cand
+                continue
+        buckets.append([i])
+    return buckets
+
+
+class ManifoldSGD(torch.optim.SGD):
+    """Momentum SGD for CondLR: U, V of every listed layer stay orthonormal and S conditioned.
+
+    One step (REFERENCE.md §2): the gradients of U and V are projected onto the tangent space,
+    d ← (I − UUᵀ)d, and scaled (``step_scale``, see ``STEP_SCALES``: by default 1/a with
+    a = ‖S‖²_F / r, so a step moves the weight U S Vᵀ about as much as a dense SGD step would,
+    whatever the scale of S); then plain momentum SGD (S and every other parameter get weight
+    decay, U and V none); then U and V are retracted with :func:`cholesky_qr` and S is
+    conditioned with :func:`condition_s`. All of it runs in every step, so the invariants
+    (‖UᵀU − I‖ ≈ 1e-6, κ(S) ≤ κ̄) hold after every step, whatever the step did.
+
+    The work is batched: the factors are packed into a few buckets (:class:`_Bucket`; equal
+    shapes stack, small ones are padded together), the cores S likewise, and each stage is one
+    call per bucket. Nothing in :meth:`step` reads a tensor value on the host.
+
+    The momentum buffer is not re-projected onto the new tangent space: its normal component
+    there is O(lr), so the within-span rotation it adds is O(lr²) and the retraction absorbs it.
+
+    The trainer writes ``lr`` into both parameter groups; U and V are in the one marked
+    ``stiefel``.
+    """
+
+    #: the n·r² work worth one more batched call: about 0.2 ms of one CPU core, or of launches on a GPU
+    bucket_slack = 4e6
+
+    def __init__(self, model: nn.Module, layers: list, *, lr: float, momentum: float, weight_decay: float,
+                 nesterov: bool = False, mode: str = "approx_orth", kappa_bar: float = 1.5,
+                 step_scale: str = "inv_a"):
+        if mode not in ("approx_orth", "mean"):
+            raise ValueError(f"mode must be 'approx_orth' or 'mean', got {mode!r}")
+        if step_scale not in STEP_SCALES:
+            raise ValueError(f"step_scale must be one of {STEP_SCALES}, got {step_scale!r}")
+        self.layers = list(layers)
+        if any(l.S is None for l in self.layers):
+            raise ValueError("CondLR layers need an S (with_s=True)")
+        self.mode, self.kappa_bar, self.step_scale = mode, kappa_bar, step_scale
+        stiefel = [p for l in self.layers for p in (l.U, l.V)]
+        ids = {id(p) for p in stiefel}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+        groups = [{"params": rest}, {"params": stiefel, "weight_decay": 0.0, "stiefel": True}]
+        super().__init__(groups, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                         nesterov=nesterov and momentum > 0, foreach=True)
+        # buckets fixed for the optimizer's life: factors (layer index, "U"/"V") and cores (layer
+        # index) of one dtype and device, by shape
+        kinds: dict[tuple, list[tuple[int, str]]] = {}
+        core_kinds: dict[tuple, list[int]] = {}
+        for i, l in enumerate(self.layers):
+            for name in ("U", "V"):
+                X = getattr(l, name)
+                kinds.setdefault((X.dtype, X.device), []).append((i, name))
+            core_kinds.setdefault((l.S.dtype, l.S.device), []).append(i)
+        self._buckets: list[tuple[_Bucket, list[tuple[int, str]]]] = []
+        for members in kinds.values():
+            shapes = [tuple(getattr(self.layers[i], w).shape) for i, w in members]
+            for idx in _buckets(shapes, self.bucket_slack):
+                group = [members[j] for j in idx]
+                self._buckets.append((_Bucket([getattr(self.layers[i], w) for i, w in group]), group))
+        self._core_buckets: list[tuple[_CoreBucket, list[int]]] = []
+        for members in core_kinds.values():
+            sizes = [self.layers[i].rank for i in members]
+            for idx in _buckets([(r, r) for r in sizes], self.bucket_slack, weight=_EIGH_WEIGHT):
+                self._core_buckets.append((_CoreBucket([sizes[j] for j in idx], self.layers[members[idx[0]]].S),
+                                           [members[j] for j in idx]))
+        # the constants that cholesky_qr and condition_s cache, made now: no step copies them to the device
+        for bucket, _ in self._buckets:
+            _eye(bucket.R, bucket.R, torch.float64, bucket.device), _completion(bucket.R, bucket.device)
+            _eye(bucket.N, bucket.R, bucket.dtype, bucket.device)
+        for bucket, members in self._core_buckets:
+            dev = self.layers[members[0]].S.device
+            _eye(bucket.R, bucket.R, torch.float64, dev), _completion(bucket.R, dev)
+        # the reference scale of approx_orth: the eigenvalues of SᵀS, cores grouped by size
+        self._core_groups: dict[int, list[int]] = {}
+        for i, l in enumerate(self.layers):
+            self._core_groups.setdefault(l.rank, []).append(i)
+        self._ranks = [float(l.rank) for l in self.layers]
+        # reference scaling in mean mode: the constant 1/a of the layer at the start of training
+        with torch.no_grad():
+            self._inv_a0 = [l.rank / l.S.detach().square().sum() for l in self.layers]
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        on_cpu = bool(self.layers) and self.layers[0].U.device.type == "cpu"
+        with _intra_op_threads(1 if on_cpu else None):
+            self._step()
+        return loss
+
+    def _direction_scales(self) -> list[torch.Tensor]:
+        """Per layer, the 0-dim factor applied to the projected U, V gradients (``STEP_SCALES``)."""
+        if not self.layers:
+            return []
+        if self.step_scale == "inv_a":  # r / ‖S‖²_F
+            sq = torch._foreach_norm([l.S for l in self.layers])
+            torch._foreach_mul_(sq, sq)
+            torch._foreach_reciprocal_(sq)
+            torch._foreach_mul_(sq, self._ranks)
+            return sq
+        if self.mode == "mean":
+            return self._inv_a0
+        out: list[torch.Tensor] = [None] * len(self.layers)  # type: ignore[list-item]
+        # reference, approx_orth: (σ_min(S)/σ_max(S))² = λ_min/λ_max of SᵀS
+        for members in self._core_groups.values():
+            S64 = _stack([self.layers[i].S for i in members]).to(torch.float64)
+            lam = torch.linalg.eigvalsh(S64.transpose(-1, -2) @ S64)
+            scale = (lam[..., 0] / lam[..., -1]).to(self.layers[members[0]].S.dtype)
+            for k, i in enumerate(members):
+                out[i] = scale[k]
+        return out
+
+    def _step(self) -> None:
+        layers = self.layers
+        scales = self._direction_scales()
+        for bucket, members in self._buckets:  # g ← (g − X Xᵀ g) · scale
+            params = [getattr(layers[i], w) for i, w in members]
+            if any(p.grad is None for p in params):  # a factor without a gradient: project the others
+                for (i, _), X in zip(members, params):
+                    if X.grad is not None:
+                        X.grad.sub_(X @ (X.transpose(-1, -2) @ X.grad)).mul_(scales[i])
+                continue
+            bucket.project_(params, [p.grad for p in params], _stack([scales[i] for i, _ in members]))
+        super().step()
+        for bucket, members in self._buckets:
+            bucket.retract_([getattr(layers[i], w) for i, w in members])
+        for bucket, members in self._core_buckets:
+            bucket.condition_([layers[i].S for i in members], self.mode, self.kappa_bar)
+
+
+@contextlib.contextmanager
+def _intra_op_threads(n: int | None):
+    """Run a block on ``n`` intra-op threads (None: unchanged).
+
+    The CPU step runs on one thread: its n×r and r×r algebra gains little from a second core,
+    and on a shared, oversubscribed CPU every OpenMP parallel region can stall for a scheduler
+    time slice. Measured on the 2-core machine at load ~6: 27 ms per LeNet5 step on one thread,
+    360–2,200 ms on two.
+    """
+    old = torch.get_num_threads()
+    if n is None or n == old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@torch.no_grad()
+def orthonormalize_layer_(layer, mode: str, kappa_bar: float) -> None:
+    """Put a layer exactly on the constraint set (orthonormal U, V; conditioned S) with full QR/SVD."""
+    for X in (layer.U, layer.V):
+        Q, R = torch.linalg.qr(X)
+        d = torch.sign(torch.diagonal(R))
+        X.copy_(Q * d)
+        # keep U S Vᵀ unchanged up to the conditioning: fold R into S
+        R = R * d.unsqueeze(1)
+        layer.S.copy_(R @ layer.S if X is layer.U else layer.S @ R.t())
+    layer.S.copy_(condition_s_exact(layer.S, mode, kappa_bar))
+    layer.orthonormal = True

@@ -1,0 +1,403 @@
+"""The CondLR step (bench.condlr): batched, one code path for every device, no host sync.
+
+Everything here runs on CPU through the code path a GPU takes (there is no device branch left).
+The previous per-layer implementation is kept below as ``_OldManifoldSGD``: the new step must
+follow its trajectory on a well-conditioned problem.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.condlr import ManifoldSGD, cholesky_qr, condition_s, condition_s_exact, effective_bound
+from bench.lowrank import LowRankConv2d, LowRankLinear, lowrank_layers
+from bench.method import BuildContext, OptimHP
+from bench.models import build_model
+from bench.registry import METHODS
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
+F64 = torch.float64
+
+
+# --------------------------------------------------------------------------------------------
+# the previous implementation (bench.lowrank.ManifoldSGD before the move), as the reference
+# --------------------------------------------------------------------------------------------
+def _old_cholesky_qr(X):
+    G = X.transpose(-1, -2) @ X
+    L, info = torch.linalg.cholesky_ex(G)
+    if bool(info.any()):
+        Q, R = torch.linalg.qr(X)
+        return Q * torch.sign(torch.diagonal(R, dim1=-2, dim2=-1)).unsqueeze(-2)
+    return torch.linalg.solve_triangular(L.transpose(-1, -2), X, upper=True, left=False)
+
+
+def _old_clamp(s, kappa_bar):
+    k = effective_bound(kappa_bar)
+    mean = s.mean(dim=-1, keepdim=True)
+    e = mean * (k - 1.0) / (k + 1.0)
+    return torch.minimum(torch.maximum(s, mean - e), mean + e)
+
+
+def _old_condition_exact(S, mode, kappa_bar):
+    P, s, Qh = torch.linalg.svd(S)
+    if mode == "mean":
+        return (P @ Qh) * (s.square().sum() / s.numel()).sqrt()
+    return (P * _old_clamp(s, kappa_bar)) @ Qh
+
+
+@torch.no_grad()
+def _old_condition_(S, mode, kappa_bar):
+    r = S.shape[-1]
+    if mode == "mean":
+        a = S.square().sum() / r
+        Q = _old_cholesky_qr(S)
+        if not bool(torch.isfinite(Q).all()):
+            S.copy_(_old_condition_exact(S, mode, kappa_bar))
+            return
+        S.copy_(Q * a.sqrt())
+        return
+    lam, Q = torch.linalg.eigh(S.t() @ S)
+    if not bool(lam[0] > lam[-1] * 1e-2):
+        S.copy_(_old_condition_exact(S, mode, kappa_bar))
+        return
+    s = lam.clamp_min(torch.finfo(lam.dtype).tiny).sqrt()
+    S.copy_((S @ (Q * (_old_clamp(s, kappa_bar) / s))) @ Q.t())
+
+
+class _OldManifoldSGD(torch.optim.SGD):
+    def __init__(self, model, layers, *, lr, momentum, weight_decay, nesterov=False, mode="approx_orth",
+                 kappa_bar=1.5, step_scale="inv_a"):
+        self.layers = list(layers)
+        self.mode, self.kappa_bar, self.step_scale = mode, kappa_bar, step_scale
+        self._inv_a0 = [float(l.rank / l.S.detach().square().sum()) for l in self.layers]
+        stiefel = [p for l in self.layers for p in (l.U, l.V)]
+        ids = {id(p) for p in stiefel}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+        super().__init__([{"params": rest}, {"params": stiefel, "weight_decay": 0.0}], lr=lr, momentum=momentum,
+                         weight_decay=weight_decay, nesterov=nesterov and momentum > 0)
+
+    def _scale(self, i, l):
+        if self.step_scale == "inv_a":
+            return float(l.rank / l.S.square().sum())
+        if self.mode == "mean":
+            return self._inv_a0[i]
+        lam = torch.linalg.eigvalsh(l.S.t() @ l.S)
+        return float(lam[0] / lam[-1])
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for i, l in enumerate(self.layers):
+            inv_a = self._scale(i, l)
+            for X in (l.U, l.V):
+                if X.grad is not None:
+                    X.grad.addmm_(X, X.t() @ X.grad, beta=inv_a, alpha=-inv_a)
+        super().step()
+        for l in self.layers:
+            l.U.copy_(_old_cholesky_qr(l.U))
+            l.V.copy_(_old_cholesky_qr(l.V))
+            _old_condition_(l.S, self.mode, self.kappa_bar)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+def _smooth(model):
+    """The same network with tanh for the rectifiers and average for max pooling: a kink or a
+    pooling tie turns a rounding difference into a different gradient, so only a smooth network
+    lets two implementations of one step be compared over many steps."""
+    for name, mod in list(model.named_modules()):
+        new = (nn.Tanh() if isinstance(mod, (nn.ReLU, nn.LeakyReLU)) else
+               nn.AvgPool2d(mod.kernel_size) if isinstance(mod, nn.MaxPool2d) else None)
+        if new is not None:
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, new)
+    return model
+
+
+def _model(arch="digits_cnn", compression=0.5, seed=0, smooth=False, **params):
+    cls = METHODS.get("robust_lowrank")
+    method = cls(cls.Params(**params))
+    torch.manual_seed(seed)
+    size = 8 if arch == "digits_cnn" else 28
+    dense = _smooth(build_model(arch)) if smooth else build_model(arch)
+    model = method.build(dense, BuildContext(compression=compression,
+                                                         example_input=torch.zeros(1, 1, size, size),
+                                                         total_steps=None, seed=seed))
+    return method, model, size
+
+
+def _batches(size, n=4, batch=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.rand(batch, 1, size, size, generator=g), torch.randint(0, 10, (batch,), generator=g))
+            for _ in range(n)]
+
+
+def _train(model, opt, data, steps):
+    for step in range(steps):
+        x, y = data[step % len(data)]
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+def _orth_error(X):
+    X = X.detach().to(F64)
+    return float((X.transpose(-1, -2) @ X - torch.eye(X.shape[-1], dtype=F64)).norm())
+
+
+def _kappa(S):
+    s = torch.linalg.svdvals(S.detach().to(F64))
+    return float(s[..., 0].max() / s[..., -1].min()) if s.dim() == 1 else (s[..., 0] / s[..., -1]).max().item()
+
+
+def _assert_on_constraint_set(model, bound, where=""):
+    for name, layer in lowrank_layers(model):
+        U, S, V = layer.lowrank_factors()
+        for t in (U, S, V):
+            assert torch.isfinite(t).all(), (where, name)
+        assert _orth_error(U) <= 1e-5, (where, name, "U", _orth_error(U))
+        assert _orth_error(V) <= 1e-5, (where, name, "V", _orth_error(V))
+        assert _kappa(S) <= bound * (1 + 1e-4), (where, name, _kappa(S))
+
+
+def _dense_twin(model):
+    """The same network with every low-rank layer replaced by a dense layer of weight U S Vᵀ."""
+    twin = copy.deepcopy(model)
+    for name, layer in lowrank_layers(twin):
+        if isinstance(layer, LowRankLinear):
+            dense = nn.Linear(layer.m, layer.n, bias=layer.bias is not None)
+        else:
+            assert isinstance(layer, LowRankConv2d)
+            dense = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
+                              padding=layer.padding, dilation=layer.dilation, bias=layer.bias is not None)
+        with torch.no_grad():
+            dense.weight.copy_(layer.dense_weight())
+            if layer.bias is not None:
+                dense.bias.copy_(layer.bias)
+        parent, _, child = name.rpartition(".")
+        setattr(twin.get_submodule(parent) if parent else twin, child, dense)
+    return twin
+
+
+def _with_kappa(n, r, kappa, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    P = torch.linalg.qr(torch.randn(n, r, generator=g, dtype=F64))[0]
+    Q = torch.linalg.qr(torch.randn(r, r, generator=g, dtype=F64))[0]
+    s = torch.logspace(0, -torch.log10(torch.tensor(float(kappa), dtype=F64)).item(), r, dtype=F64)
+    return ((P * s) @ Q.t()).to(dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# the step follows the previous implementation
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode,step_scale,nesterov", [("approx_orth", "inv_a", False),
+                                                      ("approx_orth", "reference", True),
+                                                      ("mean", "inv_a", False), ("mean", "reference", False)])
+def test_same_trajectory_as_the_previous_step(mode, step_scale, nesterov):
+    method, model, size = _model("lenet5", 0.5, smooth=True, mode=mode, step_scale=step_scale)
+    old_model = copy.deepcopy(model)
+    hp = dict(lr=0.1, momentum=0.3, weight_decay=5e-4, nesterov=nesterov, mode=mode, kappa_bar=1.5,
+              step_scale=step_scale)
+    new = ManifoldSGD(model, [l for _, l in lowrank_layers(model)], **hp)
+    old = _OldManifoldSGD(old_model, [l for _, l in lowrank_layers(old_model)], **hp)
+    data = _batches(size, batch=32)
+    _train(model, new, data, 20)
+    _train(old_model, old, data, 20)
+    state, old_state = model.state_dict(), old_model.state_dict()
+    for name, b in old_state.items():
+        rel = float((state[name] - b).abs().max() / b.abs().max())
+        assert rel <= 1e-4, (name, rel)
+    assert any(not torch.equal(state[k], old_state[k]) for k in state)  # two implementations, not one
+
+
+def test_padded_buckets_equal_one_call_per_shape(monkeypatch):
+    """Factors (and cores) padded into one bucket give what each gives alone."""
+    _, model, size = _model("lenet5", 0.5)
+    alone = copy.deepcopy(model)
+    hp = dict(lr=0.1, momentum=0.3, weight_decay=5e-4)
+    opt = ManifoldSGD(model, [l for _, l in lowrank_layers(model)], **hp)
+    assert any(not b.exact for b, _ in opt._buckets) and any(not b.exact for b, _ in opt._core_buckets)
+    monkeypatch.setattr(ManifoldSGD, "bucket_slack", 0.0)
+    opt_alone = ManifoldSGD(alone, [l for _, l in lowrank_layers(alone)], **hp)
+    assert all(b.exact for b, _ in opt_alone._buckets) and all(b.exact for b, _ in opt_alone._core_buckets)
+    data = _batches(size, batch=32)
+    _train(model, opt, data, 5)
+    _train(alone, opt_alone, data, 5)
+    state = model.state_dict()
+    for name, b in alone.state_dict().items():
+        assert torch.allclose(state[name], b, rtol=0, atol=1e-5 * float(b.abs().max())), name
+
+
+# --------------------------------------------------------------------------------------------
+# the invariants after every step
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode,kappa,step_scale", [("approx_orth", 1.5, "inv_a"), ("approx_orth", 1.1, "reference"),
+                                                   ("mean", 1.5, "inv_a"), ("mean", 1.5, "reference")])
+def test_invariants_after_every_step(mode, kappa, step_scale):
+    method, model, size = _model("digits_cnn", 0.5, mode=mode, kappa=kappa, step_scale=step_scale)
+    bound = kappa if mode == "approx_orth" else 1.0
+    opt = method.make_optimizer(model, OptimHP(lr=0.2, momentum=0.9, weight_decay=5e-4))
+    data = _batches(size)
+    for step in range(20):
+        _train(model, opt, data[step % 4:][:1], 1)
+        _assert_on_constraint_set(model, bound, f"step {step}")
+    x = torch.cat([x for x, _ in data])
+    model.eval()
+    twin = _dense_twin(model).eval()
+    with torch.no_grad():
+        assert torch.allclose(model(x), twin(x), atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# deliberately bad steps end on the constraint set
+# --------------------------------------------------------------------------------------------
+def _corrupt(model, what):
+    layers = [l for _, l in lowrank_layers(model)]
+    big = max(layers, key=lambda l: l.rank)
+    with torch.no_grad():
+        if what.startswith("S_kappa"):
+            for l in layers:
+                l.S.copy_(_with_kappa(l.rank, l.rank, float(what.split("=")[1]), seed=l.rank) * 2.0)
+        elif what == "factor_kappa=100":
+            big.U.copy_(_with_kappa(big.n, big.rank, 100.0))
+            big.V.copy_(_with_kappa(big.m, big.rank, 100.0, seed=1))
+        elif what == "rank_deficient":
+            big.U[:, 1] = big.U[:, 0]
+            big.U[:, -1] = 0.0
+            big.V[:, 2] = 0.5 * big.V[:, 3]
+        elif what == "rank_deficient_small":  # factors that share a padded bucket with others
+            for l in layers:
+                if l is not big:
+                    l.U[:, 1] = l.U[:, 0]
+                    l.V[:, -1] = 0.0
+        elif what == "S_singular":
+            for l in layers:
+                l.S[:, 0] = l.S[:, 1]
+
+
+@pytest.mark.parametrize("mode", ["approx_orth", "mean"])
+@pytest.mark.parametrize("what,lr", [("S_kappa=1e3", 0.1), ("S_kappa=1e4", 0.1), ("factor_kappa=100", 0.1),
+                                     ("rank_deficient", 0.1), ("rank_deficient_small", 0.1), ("S_singular", 0.1),
+                                     ("lr", 10.0)])
+def test_a_bad_step_ends_on_the_constraint_set(mode, what, lr):
+    method, model, size = _model("lenet5", 0.5, mode=mode)
+    bound = 1.5 if mode == "approx_orth" else 1.0
+    _corrupt(model, what)
+    opt = method.make_optimizer(model, OptimHP(lr=lr, momentum=0.9, weight_decay=5e-4))
+    big = max((l for _, l in lowrank_layers(model)), key=lambda l: l.rank)
+    for step, (x, y) in enumerate(_batches(size, n=3, batch=32)):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        if what.startswith("rank_deficient") and step == 0:  # SGD leaves U, V as they are: the
+            for _, l in lowrank_layers(model):  # retraction gets the rank-deficient factors themselves
+                l.U.grad = l.V.grad = None
+        opt.step()
+        _assert_on_constraint_set(model, bound, f"{what}, step {step}")
+
+
+# --------------------------------------------------------------------------------------------
+# no host synchronisation inside step()
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode,step_scale", [("approx_orth", "inv_a"), ("approx_orth", "reference"),
+                                             ("mean", "inv_a"), ("mean", "reference")])
+def test_step_reads_no_tensor_value_on_the_host(monkeypatch, mode, step_scale):
+    """Every Python-level way to read a tensor value raises during step(): no .item(), no
+    float()/int()/bool() of a tensor, no Python branch on one, no .cpu()/.tolist()/.numpy()."""
+    method, model, size = _model("lenet5", 0.5, mode=mode, step_scale=step_scale)
+    opt = method.make_optimizer(model, OptimHP(lr=0.1, momentum=0.3, weight_decay=5e-4))
+    x, y = _batches(size, n=1)[0]
+    for _ in range(2):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+
+        def sync(*_a, **_k):
+            raise AssertionError("host synchronisation inside ManifoldSGD.step")
+
+        with monkeypatch.context() as m:
+            for attr in ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__",
+                         "__complex__"):
+                m.setattr(torch.Tensor, attr, sync)
+            with pytest.raises(AssertionError, match="host synchronisation"):  # the patch is live
+                bool(torch.ones(()))
+            opt.step()
+    _assert_on_constraint_set(model, 1.5 if mode == "approx_orth" else 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# the building blocks
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n,r", [(800, 155), (500, 15), (25, 20), (10, 10)])
+@pytest.mark.parametrize("kappa", [1.0, 1e2, 1e3, 1e4])
+def test_cholesky_qr_is_the_q_factor_to_float32_accuracy(n, r, kappa):
+    X = _with_kappa(n, r, kappa, seed=n + r)
+    Q = cholesky_qr(X)
+    assert Q.dtype == X.dtype and _orth_error(Q) <= 1e-5
+    Qh, Rh = torch.linalg.qr(X.to(F64))
+    Qh = Qh * torch.sign(torch.diagonal(Rh))
+    # the Q factor of a float32 matrix is itself known to about eps·κ
+    assert float((Q.to(F64) - Qh).norm()) <= 2e-6 * max(kappa, 10.0)
+
+
+def test_cholesky_qr_of_a_rank_deficient_or_broken_factor_is_orthonormal():
+    torch.manual_seed(0)
+    X = torch.randn(3, 200, 12)
+    X[0, :, 1] = X[0, :, 0]  # two equal columns
+    X[1, :, 5] = 0.0  # a zero column
+    X[2] = float("nan")
+    Q = cholesky_qr(X)
+    assert torch.isfinite(Q).all()
+    for b in range(3):
+        assert _orth_error(Q[b]) <= 1e-5
+    for b in range(2):  # span(Q) is close to containing span(X): the Q factor of X + τ[I; 0], τ ~ 1e-3
+        P = Q[b].to(F64)
+        resid = X[b].to(F64) - P @ (P.t() @ X[b].to(F64))
+        assert float(resid.norm()) <= 1e-2 * float(X[b].norm())
+    # the batch does not mix: a healthy element next to broken ones is its own Q factor
+    Y = torch.randn(200, 12)
+    both = cholesky_qr(torch.stack([Y, X[2]]))
+    assert torch.equal(both[0], cholesky_qr(Y.unsqueeze(0))[0])
+
+
+@pytest.mark.parametrize("r", [10, 155])
+@pytest.mark.parametrize("kappa", [1.2, 1e3, 1e4])
+@pytest.mark.parametrize("kappa_bar", [1.1, 1.5])
+def test_condition_s_meets_the_bound_and_matches_the_svd_route(r, kappa, kappa_bar):
+    S = _with_kappa(r, r, kappa, seed=r) * 3.0
+    out = condition_s(S, "approx_orth", kappa_bar)
+    assert out.dtype == S.dtype and _kappa(out) <= kappa_bar * (1 + 1e-4)
+    exact = condition_s_exact(S.to(F64), "approx_orth", kappa_bar)
+    assert float((out.to(F64) - exact).norm() / exact.norm()) <= 1e-5
+    mean = condition_s(S, "mean", kappa_bar)
+    assert _kappa(mean) <= 1 + 1e-4
+    assert abs(float(mean.to(F64).norm() / S.to(F64).norm()) - 1) <= 1e-5  # ‖S‖_F kept: √a · orthogonal
+
+
+def test_condition_s_of_a_singular_or_broken_core_is_on_the_constraint_set():
+    torch.manual_seed(0)
+    S = torch.randn(3, 20, 20)
+    S[0, :, 1] = S[0, :, 0]
+    S[1, 3] = 0.0
+    S[2, 0, 0] = float("nan")
+    for mode, bound in (("approx_orth", 1.5), ("mean", 1.0)):
+        out = condition_s(S, mode, 1.5)
+        assert torch.isfinite(out).all()
+        for b in range(3):
+            assert _kappa(out[b]) <= bound * (1 + 1e-4), (mode, b)
+
+
+@pytest.mark.parametrize("mode", ["approx_orth", "mean"])
+def test_condition_s_with_padding_gives_the_core_its_own_result(mode):
+    torch.manual_seed(0)
+    S = torch.randn(7, 7)
+    c = S.to(F64).norm() / 7 ** 0.5
+    P = torch.zeros(12, 12)
+    P[:7, :7] = S
+    P[7:, 7:] = torch.eye(5) * float(c)
+    padded = condition_s(P.unsqueeze(0), mode, 1.3, padding=(torch.tensor([5.0], dtype=F64), c.reshape(1)))
+    alone = condition_s(S, mode, 1.3)
+    assert torch.allclose(padded[0, :7, :7], alone, atol=1e-6)

@@ -1,0 +1,32 @@
+"""Grid expansion: method specs with parameters, seed-major order."""
+
+import pytest
+
+from bench.config import RunConfig
+from bench.sweep import config_key, expand, parse_methods
+
+
+def test_parse_methods_splits_on_commas_outside_brackets():
+    assert parse_methods("dense, robust_lowrank[mode=mean,kappa=2],pruning") == [
+        ("dense", {}), ("robust_lowrank", {"mode": "mean", "kappa": "2"}), ("pruning", {})]
+    assert parse_methods("robust_lowrank[]") == [("robust_lowrank", {})]
+
+
+@pytest.mark.parametrize("bad", ["dense]", "robust_lowrank[mode=mean", "robust_lowrank[mode]", ",", "a[b[c=1]]"])
+def test_parse_methods_rejects_malformed_specs(bad):
+    with pytest.raises(ValueError, match="--methods"):
+        parse_methods(bad)
+
+
+def test_expand_is_seed_major_and_carries_parameters():
+    base = RunConfig(method="dense", track="digits-cnn")
+    cfgs = expand(base, parse_methods("dense,robust_lowrank[mode=mean]"), [0.5, 0.8], [0, 1])
+    assert [(c.seed, c.method, c.compression) for c in cfgs] == [
+        (0, "dense", 0.5), (0, "dense", 0.8), (0, "robust_lowrank", 0.5), (0, "robust_lowrank", 0.8),
+        (1, "dense", 0.5), (1, "dense", 0.8), (1, "robust_lowrank", 0.5), (1, "robust_lowrank", 0.8)]
+    assert cfgs[2].method_params == {"mode": "mean"} and cfgs[0].method_params == {}
+    # the parameters reach the key a sweep skips done runs by; the default value is the same run
+    k_mean = config_key(cfgs[2])
+    k_default = config_key(expand(base, ["robust_lowrank"], [0.5], [0])[0])
+    k_explicit = config_key(expand(base, parse_methods("robust_lowrank[mode=approx_orth]"), [0.5], [0])[0])
+    assert k_mean != k_default == k_explicit
