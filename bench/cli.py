@@ -103,7 +103,7 @@ def cmd_sweep(args) -> int:
     from bench import runner
     from bench.config import RunConfig
     from bench.registry import METHODS
-    from bench.sweep import config_key, done_keys, expand, parse_methods
+    from bench.sweep import Claim, config_key, done_keys, expand, parse_methods
 
     methods = [(m, {}) for m in METHODS.names()] if args.methods == "all" else parse_methods(args.methods)
     comps = [float(c) for c in args.compressions.split(",")] if args.compressions else [None]
@@ -124,16 +124,22 @@ def cmd_sweep(args) -> int:
     print(f"bench sweep: {len(cfgs)} configurations, {len(cfgs) - len(todo)} already done, {len(todo)} to run",
           flush=True)
     failed = 0
-    for i, (cfg, _) in enumerate(todo, 1):
+    for i, (cfg, key) in enumerate(todo, 1):
         params = "".join(f" {k}={v}" for k, v in sorted(cfg.method_params.items()))
-        print(f"[{i}/{len(todo)}] {cfg.method}{params} compression={cfg.compression} seed={cfg.seed}", flush=True)
-        try:
-            row, path = runner.run(cfg)
-            print(f"    clean {row.get('clean_acc', float('nan')):.4f}  robust {_fmt(row.get('robust_acc'))}  "
-                  f"cond_max {_fmt(row.get('cond_max'), '.3g')}  -> {path.name}", flush=True)
-        except runner.RunError as exc:
-            failed += 1
-            print(f"    failed: {exc}", file=sys.stderr, flush=True)
+        head = f"[{i}/{len(todo)}] {cfg.method}{params} compression={cfg.compression} seed={cfg.seed}"
+        # Another sweep on the same results directory may have run or be running it meanwhile.
+        with Claim(args.results_dir, key) as claim:
+            if not claim.acquire() or (not args.rerun and key in done_keys(args.results_dir)):
+                print(f"{head}: done or running elsewhere, skipped", flush=True)
+                continue
+            print(head, flush=True)
+            try:
+                row, path = runner.run(cfg)
+                print(f"    clean {row.get('clean_acc', float('nan')):.4f}  robust {_fmt(row.get('robust_acc'))}  "
+                      f"cond_max {_fmt(row.get('cond_max'), '.3g')}  -> {path.name}", flush=True)
+            except runner.RunError as exc:
+                failed += 1
+                print(f"    failed: {exc}", file=sys.stderr, flush=True)
     return 1 if failed else 0
 
 

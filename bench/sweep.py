@@ -99,3 +99,69 @@ def config_key(cfg: RunConfig) -> tuple:
     p = prepare(cfg)
     return _key(p.track.name, cfg.method, params_to_dict(p.params), p.compression, cfg.seed, p.epochs,
                 p.budget_seconds, p.n_eval, cfg.skip_attacks)
+
+
+class Claim:
+    """An exclusive claim on one configuration, so that sweeps started side by side on the same
+    results directory (one per core, say) never run the same configuration twice.
+
+    The claim is a file ``<results_dir>/.claims/<hash of the key>.claim`` created with O_EXCL,
+    holding the host and pid. A claim whose process no longer exists on this host is stale and
+    taken over; a claim from another host is respected. Released when the run ends, however it ends.
+    """
+
+    def __init__(self, results_dir, key: tuple):
+        import hashlib
+        from pathlib import Path
+
+        digest = hashlib.sha1(json.dumps(key, default=str).encode()).hexdigest()[:16]
+        self.path = Path(results_dir) / ".claims" / f"{digest}.claim"
+        self.held = False
+
+    def acquire(self) -> bool:
+        import os
+        import platform
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not self._stale():
+                    return False
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({"host": platform.node(), "pid": os.getpid()}, f)
+            self.held = True
+            return True
+        return False
+
+    def _stale(self) -> bool:
+        import os
+        import platform
+
+        try:
+            owner = json.loads(self.path.read_text() or "{}")
+        except (OSError, json.JSONDecodeError):
+            return False  # being written right now
+        if owner.get("host") != platform.node():
+            return False
+        try:
+            os.kill(int(owner.get("pid", -1)), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, ValueError, OverflowError):
+            return False
+        return False
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()

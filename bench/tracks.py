@@ -55,7 +55,7 @@ _BUILTIN = [
         eval=EvalProtocol(
             n_eval=360, linf_eps=(0.05, 0.1, 0.2), headline_eps=0.1, l2_eps=(),
             fgsm_eps=(0.0, 0.05, 0.1, 0.15, 0.2), pgd_linf_eps=(0.05, 0.1, 0.2),
-            pgd_l2_eps=(0.25, 0.5, 1.0), pgd_steps=10, sensitivity_points=32,
+            pgd_l2_eps=(0.25, 0.5, 1.0), sensitivity_points=32,
         ),
     ),
     Track(

@@ -30,3 +30,25 @@ def test_expand_is_seed_major_and_carries_parameters():
     k_default = config_key(expand(base, ["robust_lowrank"], [0.5], [0])[0])
     k_explicit = config_key(expand(base, parse_methods("robust_lowrank[mode=approx_orth]"), [0.5], [0])[0])
     assert k_mean != k_default == k_explicit
+
+
+def test_a_claim_is_exclusive_until_released_and_a_dead_owner_is_taken_over(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from bench.sweep import Claim
+
+    key = ("digits-cnn", "dense", "{}", 0.0, 0, 30, None, 360, False)
+    with Claim(tmp_path, key) as first:
+        assert first.acquire()
+        assert not Claim(tmp_path, key).acquire()  # held by a live process (this one)
+        assert Claim(tmp_path, key[:-1] + (True,)).acquire()  # another key is free
+    assert not first.path.exists()
+    again = Claim(tmp_path, key)
+    assert again.acquire()
+    # the owner dies without releasing: the claim is stale and taken over
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    owner = json.loads(again.path.read_text())
+    again.path.write_text(json.dumps({**owner, "pid": int(dead.stdout)}))
+    assert Claim(tmp_path, key).acquire()
