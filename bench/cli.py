@@ -246,7 +246,7 @@ def cmd_show(args) -> int:
     import warnings
 
     from bench.results import read_results
-    from bench.summary import summary_table
+    from bench.summary import LEGEND, summary_table
 
     d = results_dir_default(args.results_dir)
     with warnings.catch_warnings(record=True) as caught:
@@ -259,8 +259,20 @@ def cmd_show(args) -> int:
     if df.empty:
         print(f"no results in {d}. Produce some with: bench run --method dense --results-dir {d}")
         return 0
-    print(summary_table(df, per_run=args.all).to_string(index=False))
+    table = summary_table(df, per_run=args.all)
+    print(table.to_string(index=False))
+    if not table.empty:
+        print(f"\n{_show_legend(args.all, LEGEND)}")
     return 0
+
+
+def _show_legend(per_run: bool, legend: str) -> str:
+    """What the accuracy cells of `bench show` mean."""
+    if per_run:
+        return ("accuracies in %: value [95% Wilson interval over the run's points: n_test for clean, aa_n "
+                "attacked points for robust]; cond_max with BatchNorm and input normalisation folded in, "
+                "cond_max_raw of the stored weights")
+    return legend
 
 
 def cmd_leaderboard(args) -> int:

@@ -55,6 +55,8 @@ _EIGH_WEIGHT = 10.0
 #: every method). ``reference``: as the paper's code, (σ_min(S)/σ_max(S))² in approx_orth (a
 #: factor in [1/κ̄², 1], independent of the scale of S) and the constant 1/a of the initial S in mean.
 STEP_SCALES = ("inv_a", "reference")
+#: What the step keeps S to: approx_orth κ(S) ≤ κ̄; mean S = √a·(orthogonal); unit S orthogonal.
+MODES = ("approx_orth", "mean", "unit")
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,7 +177,8 @@ def condition_s(S: torch.Tensor, mode: str, kappa_bar: float, *, padding: tuple 
     covers any step that is not a blow-up; where κ(S) > 1e5 (S numerically singular) or S is not
     finite, the result is W diag(s') Wᵀ instead: on the constraint set, but not close to S.
     mean: a = ‖S‖²_F / r and S ← √a · Q_S, the Q factor of S (:func:`cholesky_qr`): κ(S) = 1
-    (a non-finite S becomes an orthogonal matrix).
+    (a non-finite S becomes an orthogonal matrix). unit: S ← Q_S (a = 1): every singular value
+    of U S Vᵀ is 1, W on the Stiefel manifold (the paper's orthogonal baselines).
 
     ``padding`` = (k, c), float64 tensors over the batch: the last k rows and columns of each S
     are c·I padding around the real core (c within the core's singular values, e.g. their rms).
@@ -187,6 +190,8 @@ def condition_s(S: torch.Tensor, mode: str, kappa_bar: float, *, padding: tuple 
     S64 = S.to(wide)
     r = S.shape[-1]
     k, c = padding if padding is not None else (0.0, 0.0)
+    if mode == "unit":
+        return cholesky_qr(S64, completion=completion).to(S.dtype)
     if mode == "mean":
         a = (S64.square().sum((-2, -1)) - k * c * c) / (r - k)
         a = torch.nan_to_num(a, nan=1.0, posinf=1.0)  # a non-finite S becomes an orthogonal matrix
@@ -208,6 +213,8 @@ def condition_s(S: torch.Tensor, mode: str, kappa_bar: float, *, padding: tuple 
 def condition_s_exact(S: torch.Tensor, mode: str, kappa_bar: float) -> torch.Tensor:
     """Constrain S with a full SVD (at initialisation and in :func:`orthonormalize_layer_`)."""
     P, s, Qh = torch.linalg.svd(S)
+    if mode == "unit":
+        return P @ Qh  # the closest orthogonal matrix
     if mode == "mean":
         a = (s.square().sum(-1, keepdim=True) / s.shape[-1]).sqrt()
         return (P @ Qh) * a.unsqueeze(-1)  # the closest scaled orthogonal matrix
@@ -362,8 +369,8 @@ class ManifoldSGD(torch.optim.SGD):
     def __init__(self, model: nn.Module, layers: list, *, lr: float, momentum: float, weight_decay: float,
                  nesterov: bool = False, mode: str = "approx_orth", kappa_bar: float = 1.5,
                  step_scale: str = "inv_a"):
-        if mode not in ("approx_orth", "mean"):
-            raise ValueError(f"mode must be 'approx_orth' or 'mean', got {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if step_scale not in STEP_SCALES:
             raise ValueError(f"step_scale must be one of {STEP_SCALES}, got {step_scale!r}")
         self.layers = list(layers)
@@ -434,7 +441,7 @@ class ManifoldSGD(torch.optim.SGD):
             torch._foreach_reciprocal_(sq)
             torch._foreach_mul_(sq, self._ranks)
             return sq
-        if self.mode == "mean":
+        if self.mode in ("mean", "unit"):
             return self._inv_a0
         out: list[torch.Tensor] = [None] * len(self.layers)  # type: ignore[list-item]
         # reference, approx_orth: (σ_min(S)/σ_max(S))² = λ_min/λ_max of SᵀS

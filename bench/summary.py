@@ -1,21 +1,82 @@
-"""Aggregate result rows for the terminal (``bench show``) and the leaderboard."""
+"""Aggregate result rows for the terminal (``bench show``) and the leaderboard.
+
+Uncertainty. Every clean and robust accuracy of a configuration carries two spreads: the seed
+spread (``<metric>_std``, sample std over seeds) and a 95% Wilson interval over the points the
+accuracy was measured on, pooled over the seeds: successes = sum(round(acc_i * n_i)),
+n = sum(n_i), Wilson on the pool (``<metric>_ci_low``, ``<metric>_ci_high``, ``<metric>_points``
+= n, ``<metric>_hits`` = successes). ``n_i`` is ``n_test`` for clean accuracy and ``aa_n`` (the
+points AutoAttack attacked) for robust accuracy; a row without it (older rows) counts in the
+mean but not in the interval. The seeds attack the same test points, so the pooled interval
+treats (seed, point) pairs as independent trials: it describes these seeds' models on these
+points, and is narrower than an interval over fresh test points would be.
+"""
 
 from __future__ import annotations
+
+import math
 
 import pandas as pd
 
 GROUP_KEYS = ["track", "method", "method_params", "compression_target"]
 #: Numeric per-run columns averaged over seeds (those a results frame lacks are left out).
 METRICS = [
-    "compression", "clean_acc", "robust_acc", "cond_max", "log10_cond_prod", "n_params", "n_nonzero",
-    "flops_per_example", "train_seconds", "images_per_second", "latency_ms_per_batch", "val_acc",
+    "compression", "clean_acc", "robust_acc", "cond_max", "cond_max_raw", "log10_cond_prod", "n_params",
+    "n_nonzero", "flops_per_example", "train_seconds", "images_per_second", "latency_ms_per_batch", "val_acc",
 ]
+#: accuracy -> the per-run column holding the number of points it was measured on
+POINTS = {"clean_acc": "n_test", "robust_acc": "aa_n"}
+#: two-sided 95% normal quantile (as bench.metrics.accuracy.Z95, which imports torch)
+Z95 = 1.959963984540054
+#: what the accuracy cells of :func:`summary_table` mean
+LEGEND = ("accuracies in %: mean ± std over seeds [95% Wilson interval, points pooled over seeds]; "
+          "points = test points (clean) and attacked points (robust) summed over seeds; "
+          "cond_max with BatchNorm and input normalisation folded in, cond_raw of the stored weights")
+
+
+def wilson_interval(successes: float, n: float, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of ``successes / n``; (nan, nan) for n = 0.
+
+    The same formula as :func:`bench.metrics.accuracy.wilson_interval`, kept here so the
+    leaderboard never imports torch (a test checks the two agree).
+    """
+    if not n or n <= 0:
+        return float("nan"), float("nan")
+    p = min(max(successes / n, 0.0), 1.0)
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    low = 0.0 if p == 0.0 else max(0.0, centre - half)
+    high = 1.0 if p == 1.0 else min(1.0, centre + half)
+    return low, high
+
+
+def pooled_interval(acc, n) -> dict:
+    """Pool runs' accuracies over their points: {'hits', 'points', 'ci_low', 'ci_high'}.
+
+    ``acc`` and ``n`` are aligned sequences (one entry per run); a run where either is missing,
+    or ``n`` is not positive, is left out of the pool. With nothing to pool every value is NaN.
+    """
+    hits, points = _hits_points(pd.Series(list(acc), dtype=object), pd.Series(list(n), dtype=object))
+    h, k = hits.sum(min_count=1), points.sum(min_count=1)
+    low, high = wilson_interval(h, k) if not pd.isna(k) else (float("nan"), float("nan"))
+    return {"hits": float(h), "points": float(k), "ci_low": low, "ci_high": high}
+
+
+def _hits_points(acc: pd.Series, n: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Per run: correct points round(acc * n) and points n, both NaN where either is unusable."""
+    a = pd.to_numeric(acc, errors="coerce").astype("float64")
+    k = pd.to_numeric(n, errors="coerce").astype("float64")
+    use = a.notna() & k.notna() & (k > 0)
+    return (a * k).round().where(use), k.where(use)
 
 
 def aggregate(df: pd.DataFrame, *, include_failed: bool = False) -> pd.DataFrame:
     """One row per (track, method, params, compression target): mean and std over seeds, and the seed count.
 
-    Means and stds (``<metric>_mean``, ``<metric>_std``) use successful runs only. ``seeds`` and
+    Means and stds (``<metric>_mean``, ``<metric>_std``) use successful runs only, and so do the
+    pooled Wilson intervals of clean and robust accuracy (``<acc>_ci_low``, ``<acc>_ci_high``,
+    ``<acc>_points``, ``<acc>_hits``; see the module docstring). ``seeds`` and
     ``runs`` count successful runs, ``failed`` the failed ones. With ``include_failed`` a
     configuration whose runs all failed still gets a row (its metrics empty); otherwise it is left out.
     """
@@ -42,6 +103,22 @@ def aggregate(df: pd.DataFrame, *, include_failed: bool = False) -> pd.DataFrame
     mean = g_ok[metrics].mean().add_suffix("_mean")
     std = g_ok[metrics].std(ddof=1).add_suffix("_std")
     stats = mean.join(std)
+    # Wilson intervals on the points pooled over seeds (see the module docstring).
+    pool = pd.DataFrame(index=ok.index)
+    for m, n_col in POINTS.items():
+        acc = ok[m] if m in ok.columns else pd.Series(float("nan"), index=ok.index)
+        n = ok[n_col] if n_col in ok.columns else pd.Series(float("nan"), index=ok.index)
+        pool[f"{m}_hits"], pool[f"{m}_points"] = _hits_points(acc, n)
+    # Grouped exactly as g_ok (same keys, same rows, sort=False), so the rows line up with stats.
+    sums = ok[GROUP_KEYS].join(pool).groupby(GROUP_KEYS, dropna=False, sort=False).sum(min_count=1)
+    assert len(sums) == len(stats)
+    for m in POINTS:
+        stats[f"{m}_hits"] = sums[f"{m}_hits"].to_numpy()
+        stats[f"{m}_points"] = sums[f"{m}_points"].to_numpy()
+        ci = [wilson_interval(h, k) if not (pd.isna(h) or pd.isna(k)) else (float("nan"), float("nan"))
+              for h, k in zip(stats[f"{m}_hits"], stats[f"{m}_points"])]
+        stats[f"{m}_ci_low"] = [c[0] for c in ci]
+        stats[f"{m}_ci_high"] = [c[1] for c in ci]
     stats["seeds"] = g_ok["seed"].nunique() if "seed" in ok.columns else g_ok.size()
     stats["runs"] = g_ok.size()
     for c in ("robust_eps", "method_id"):
@@ -66,12 +143,51 @@ def aggregate(df: pd.DataFrame, *, include_failed: bool = False) -> pd.DataFrame
                            kind="stable").reset_index(drop=True)
 
 
+def _num(v) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+    return f
+
+
+def acc_text(mean, std=None, low=None, high=None) -> str:
+    """'97.2 ± 0.3 [96.8, 97.6]' (percent): mean ± seed std [95% Wilson interval]; '-' without a mean.
+
+    A part that is missing (one seed: no std; older rows: no interval) is left out.
+    """
+    m = _num(mean)
+    if math.isnan(m):
+        return "-"
+    out = f"{100 * m:.1f}"
+    s = _num(std)
+    if not math.isnan(s):
+        out += f" ± {100 * s:.1f}"
+    lo, hi = _num(low), _num(high)
+    if not (math.isnan(lo) or math.isnan(hi)):
+        out += f" [{100 * lo:.1f}, {100 * hi:.1f}]"
+    return out
+
+
 def summary_table(df: pd.DataFrame, per_run: bool = False) -> pd.DataFrame:
-    """A compact, printable table."""
+    """A compact, printable table (accuracies as :func:`acc_text`; :data:`LEGEND` says what the cells mean)."""
     if per_run:
-        cols = ["run_id", "status", "track", "method", "seed", "compression", "clean_acc", "robust_acc",
-                "robust_eps", "cond_max", "train_seconds", "created_at"]
-        return df[[c for c in cols if c in df.columns]].sort_values(["track", "method"])
+        runs = df.copy()
+        for c in ("clean_acc_ci_low", "clean_acc_ci_high", "robust_acc_ci_low", "robust_acc_ci_high", "aa_n"):
+            if c not in runs.columns:
+                runs[c] = None
+        for m, label in (("clean_acc", "clean %"), ("robust_acc", "robust %")):
+            n = runs[POINTS[m]] if POINTS[m] in runs.columns else pd.Series(None, index=runs.index, dtype=object)
+            cells = []
+            for acc, lo, hi, k in zip(runs[m], runs[f"{m}_ci_low"], runs[f"{m}_ci_high"], n):
+                if math.isnan(_num(lo)):  # older rows: the interval from the row's point count
+                    lo, hi = pooled_interval([acc], [k])["ci_low"], pooled_interval([acc], [k])["ci_high"]
+                cells.append(acc_text(acc, None, lo, hi))
+            runs[label] = cells
+        runs["aa_n"] = [("-" if math.isnan(_num(n)) or _num(n) <= 0 else f"{int(_num(n))}") for n in runs["aa_n"]]
+        cols = ["run_id", "status", "track", "method", "seed", "compression", "clean %", "robust %", "aa_n",
+                "robust_eps", "cond_max", "cond_max_raw", "train_seconds", "created_at"]
+        return runs[[c for c in cols if c in runs.columns]].sort_values(["track", "method"])
     agg = aggregate(df)
     rows = []
     for _, r in agg.iterrows():
@@ -80,15 +196,29 @@ def summary_table(df: pd.DataFrame, per_run: bool = False) -> pd.DataFrame:
             if m is None or pd.isna(m):
                 return "-"
             return f"{m:{spec}}" + (f" ± {s:{spec}}" if s is not None and not pd.isna(s) else "")
+
+        def acc(name):
+            return acc_text(r.get(f"{name}_mean"), r.get(f"{name}_std"), r.get(f"{name}_ci_low"),
+                            r.get(f"{name}_ci_high"))
+
+        def points(name):
+            k = _num(r.get(f"{name}_points"))
+            return "-" if math.isnan(k) else f"{int(k)}"
+
         target = r["compression_target"]
-        rows.append({
+        row = {
             "track": r["track"], "method": r["method"], "params": r["method_params"] if r["method_params"] not in ("{}", "") else "",
             "target": f"{target:.2f}" if target != "" and not pd.isna(target) else "",
-            "compression": ms("compression"), "clean_acc": ms("clean_acc"), "robust_acc": ms("robust_acc"),
+            "compression": ms("compression"), "clean %": acc("clean_acc"), "test pts": points("clean_acc"),
+            "robust %": acc("robust_acc"), "attacked pts": points("robust_acc"),
             "eps": f"{r['robust_eps']:.4g}" if "robust_eps" in r and not pd.isna(r["robust_eps"]) else "-",
-            "cond_max": ms("cond_max", ".3g"), "train_s": ms("train_seconds", ".1f"),
-            "img/s": ms("images_per_second", ",.0f"), "seeds": int(r["seeds"]),
-        })
+            "cond_max": ms("cond_max", ".3g"),
+        }
+        if "cond_max_raw_mean" in agg.columns and agg["cond_max_raw_mean"].notna().any():
+            row["cond_raw"] = ms("cond_max_raw", ".3g")
+        row.update({"train_s": ms("train_seconds", ".1f"), "img/s": ms("images_per_second", ",.0f"),
+                    "seeds": int(r["seeds"])})
+        rows.append(row)
     failed = int((df["status"] != "ok").sum())
     t = pd.DataFrame(rows)
     if failed:

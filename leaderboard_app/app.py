@@ -6,6 +6,7 @@ no pickles, no code from results, no torch. The data shaping lives in ``leaderbo
 
 from __future__ import annotations
 
+import hashlib
 import math
 import shlex
 import sys
@@ -23,9 +24,9 @@ import streamlit as st
 
 TITLE = "Compressed networks under attack"
 CHART_HEIGHT = 330
-#: one colour per attack family, the same in every panel
-CURVE_COLORS = {"AutoAttack L∞": "#1b9e77", "AutoAttack L2": "#d95f02", "PGD L∞": "#7570b3", "PGD L2": "#e7298a",
-                "FGSM": "#66a61e"}
+#: one colour per curve family (ids of lbd.CURVES; their names come from the rows), the same in every panel
+CURVE_COLORS = {"aa_linf": "#1b9e77", "aa_l2": "#d95f02", "pgd_linf": "#7570b3", "pgd_l2": "#e7298a",
+                "fgsm": "#66a61e"}
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -41,12 +42,23 @@ def _fmt(v, spec: str = ".3f", scale: float = 1.0, suffix: str = "") -> str:
 
 
 def _eps_text(eps: float) -> str:
-    if math.isnan(eps):
-        return ""
-    k = eps * 255
-    if abs(k - round(k)) < 1e-6 and eps < 0.1:
-        return f"{int(round(k))}/255"
-    return f"{eps:g}"
+    return lbd.eps_text(eps)
+
+
+@st.cache_data(show_spinner=False)
+def _paper_reference(path: str, mtime_ns: int) -> pd.DataFrame:
+    return lbd.load_paper_reference(path)
+
+
+def _load_paper() -> tuple[pd.DataFrame | None, str | None]:
+    """The paper's numbers, or (None, why not)."""
+    path = lbd.PAPER_REFERENCE
+    try:
+        return _paper_reference(str(path), path.stat().st_mtime_ns), None
+    except OSError as exc:
+        return None, f"{path}: {exc.strerror or exc}"
+    except lbd.PaperReferenceError as exc:
+        return None, str(exc)
 
 
 def _skipped_warnings(loaded: lbd.Loaded) -> None:
@@ -101,16 +113,36 @@ def _tradeoff_chart(lb: pd.DataFrame, metric: str, methods: list[str], y_title: 
     return (dots + err + line + rings).properties(height=CHART_HEIGHT)
 
 
-def _curve_chart(curves: pd.DataFrame, methods: list[str], family: str) -> alt.Chart:
-    norm = "L2" if "L2" in family else "L∞"
-    return alt.Chart(curves).mark_line(point=alt.OverlayMarkDef(size=60), strokeWidth=2.5).encode(
-        x=alt.X("eps:Q", title=f"ε ({norm}, pixels in [0, 1])"),
-        y=alt.Y("acc:Q", title="accuracy under attack", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
-        color=_color(methods), detail="label:N",
-        tooltip=[alt.Tooltip("label:N", title="configuration"), alt.Tooltip("eps:Q", format=".4g"),
-                 alt.Tooltip("acc:Q", format=".1%"), alt.Tooltip("acc_std:Q", title="± std", format=".1%"),
-                 alt.Tooltip("seeds:Q")],
-    ).properties(height=CHART_HEIGHT)
+def _curve_chart(curves: pd.DataFrame, methods: list[str], family: str,
+                 paper: pd.DataFrame | None = None) -> alt.LayerChart:
+    """Our mean curves; the headline ε (standard AutoAttack) as a large diamond; the paper's reported
+    numbers, when given, as hollow squares with their own legend entry."""
+    norm = lbd.FAMILY_NORM[family]
+    x = alt.X("eps:Q", title=f"ε ({norm}, pixels in [0, 1])")
+    y = alt.Y("acc:Q", title="accuracy under attack", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%"))
+    tooltip = [alt.Tooltip("label:N", title="configuration"), alt.Tooltip("eps:Q", format=".4g"),
+               alt.Tooltip("acc:Q", format=".1%"), alt.Tooltip("acc_std:Q", title="± std", format=".1%"),
+               alt.Tooltip("seeds:Q"), alt.Tooltip("attack_set:N", title="attacks at this ε")]
+    line = alt.Chart(curves).mark_line(point=alt.OverlayMarkDef(size=60), strokeWidth=2.5).encode(
+        x=x, y=y, color=_color(methods), detail="label:N", tooltip=tooltip)
+    layers = [line]
+    head = curves[curves["headline"].astype(bool)] if "headline" in curves.columns else curves.iloc[0:0]
+    if not head.empty:
+        head = head.assign(marker=[f"headline ε: {s}" for s in head["attack_set"]])
+        layers.append(alt.Chart(head).mark_point(shape="diamond", size=220, filled=True, opacity=1,
+                                                 stroke="#111", strokeWidth=1.2).encode(
+            x=x, y=y, color=_color(methods),
+            shape=alt.Shape("marker:N", title=None, legend=alt.Legend(orient="top", labelLimit=480)), tooltip=tooltip))
+    if paper is not None and not paper.empty:
+        pts = paper.assign(marker=lbd.PAPER_LABEL)
+        layers.append(alt.Chart(pts).mark_point(shape="square", size=130, filled=False, strokeWidth=2,
+                                                color="#111").encode(
+            x=x, y=y, opacity=alt.Opacity("marker:N", title=None, legend=alt.Legend(orient="top", labelLimit=300),
+                                          scale=alt.Scale(domain=[lbd.PAPER_LABEL], range=[1])),
+            tooltip=[alt.Tooltip("label:N", title="paper (reported)"), alt.Tooltip("eps:Q", format=".4g"),
+                     alt.Tooltip("acc:Q", format=".1%"), alt.Tooltip("source:N")]))
+    return alt.layer(*layers).resolve_scale(shape="independent", opacity="independent").properties(
+        height=CHART_HEIGHT)
 
 
 def _cond_chart(cf: pd.DataFrame, methods: list[str]) -> alt.Chart:
@@ -149,14 +181,24 @@ def _cost_chart(lb: pd.DataFrame, methods: list[str]) -> tuple[alt.Chart | None,
 
 
 def _layer_chart(layers: pd.DataFrame) -> alt.Chart | None:
+    """κ per layer: bars of the folded κ (BatchNorm and input normalisation folded in), a black tick
+    at the κ of the stored weights alone where the row records it, ranks written on the bars."""
     have_kappa = layers["kappa"].notna().any()
     have_rank = layers["rank"].notna().any()
+    have_raw = "kappa_raw" in layers.columns and layers["kappa_raw"].notna().any()
     if not (have_kappa or have_rank):
         return None
     tooltip = [alt.Tooltip("layer:N"), alt.Tooltip("kind:N"), alt.Tooltip("shape:N"),
-               alt.Tooltip("kappa:Q", title="κ", format=".4g"),
+               alt.Tooltip("kappa:Q", title="κ (folded)" if have_raw else "κ", format=".4g"),
+               alt.Tooltip("kappa_raw:Q", title="κ raw (stored weights)", format=".4g"),
+               alt.Tooltip("folded_text:N", title="folded in"),
                alt.Tooltip("spectral_norm:Q", title="spectral norm", format=".4g"), alt.Tooltip("rank:Q")]
-    layers = layers.assign(label=[f"{n} · {k}" if k else n for n, k in zip(layers["layer"], layers["kind"])])
+    if "kappa_raw" not in layers.columns:
+        layers = layers.assign(kappa_raw=float("nan"))
+    folded = layers["folded"] if "folded" in layers.columns else pd.Series([None] * len(layers), index=layers.index)
+    layers = layers.assign(
+        label=[f"{n} · {k}" if k else n for n, k in zip(layers["layer"], layers["kind"])],
+        folded_text=[lbd.folded_text(f) for f in folded])
     x = alt.X("label:N", sort=alt.SortField("order"), title=None, axis=alt.Axis(labelAngle=-30))
     if have_kappa:
         # κ >= 1, and a log axis has no zero: bars grow from 1 (a perfectly conditioned layer).
@@ -164,6 +206,14 @@ def _layer_chart(layers: pd.DataFrame) -> alt.Chart | None:
                   axis=alt.Axis(format="~g"))
         bars = alt.Chart(layers.dropna(subset=["kappa"])).mark_bar(color="#4c78a8").encode(
             x=x, y=y, y2=alt.datum(1), tooltip=tooltip)
+        if have_raw:
+            ticks = alt.Chart(layers.dropna(subset=["kappa_raw"]).assign(what="κ raw (stored weights)")).mark_tick(
+                thickness=2.5, size=22).encode(
+                x=x, y=alt.Y("kappa_raw:Q"),
+                color=alt.Color("what:N", title=None, legend=alt.Legend(orient="top"),
+                                scale=alt.Scale(domain=["κ raw (stored weights)"], range=["#111"])),
+                tooltip=tooltip)
+            bars = bars + ticks
         if have_rank:
             labels = alt.Chart(layers.dropna(subset=["kappa", "rank"])).mark_text(dy=-7, fontSize=11, color="#333").encode(
                 x=x, y=y, text=alt.Text("rank:Q", format="d"))
@@ -174,37 +224,58 @@ def _layer_chart(layers: pd.DataFrame) -> alt.Chart | None:
 
 
 def _run_curve_charts(curves: pd.DataFrame) -> list[tuple[str, alt.Chart]]:
-    # L∞ and L2 budgets live on different ε scales, so each norm gets its own panel.
+    # L∞ and L2 budgets live on different ε scales, so each norm gets its own panel. Each family is
+    # named from this run's points (lbd.family_label); the headline ε is drawn as a diamond.
     out = []
     for norm, part in curves.groupby("norm", sort=False):
-        present = [f for f in lbd.CURVES if f in set(part["attack"])]
-        out.append((norm, alt.Chart(part).mark_line(point=True, strokeWidth=2).encode(
-            x=alt.X("eps:Q", title=f"ε ({norm})"),
-            y=alt.Y("acc:Q", title="accuracy", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
-            color=alt.Color("attack:N", title=None, legend=alt.Legend(orient="right"),
-                            scale=alt.Scale(domain=present, range=[CURVE_COLORS[f] for f in present])),
-            tooltip=["attack:N", alt.Tooltip("eps:Q", format=".4g"), alt.Tooltip("acc:Q", format=".1%"),
-                     "version:N", "attacks:N", "n:Q"],
-        ).properties(height=190)))
+        fams = [f for f in lbd.CURVES if f in set(part["family"])]
+        names = [part.loc[part["family"] == f, "attack"].iloc[0] for f in fams]
+        color = alt.Color("attack:N", title=None, legend=alt.Legend(orient="bottom", direction="vertical", labelLimit=420),
+                          scale=alt.Scale(domain=names, range=[CURVE_COLORS[f] for f in fams]))
+        x = alt.X("eps:Q", title=f"ε ({norm})")
+        y = alt.Y("acc:Q", title="accuracy", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%"))
+        tooltip = ["attack:N", alt.Tooltip("eps:Q", format=".4g"), alt.Tooltip("acc:Q", format=".1%"),
+                   alt.Tooltip("attack_set:N", title="attacks at this ε"), "version:N", "attacks:N", "n:Q"]
+        chart = alt.Chart(part).mark_line(point=True, strokeWidth=2).encode(x=x, y=y, color=color, tooltip=tooltip)
+        head = part[part["headline"].astype(bool)]
+        if not head.empty:
+            head = head.assign(marker=[f"headline ε: {s}" for s in head["attack_set"]])
+            chart = chart + alt.Chart(head).mark_point(shape="diamond", size=200, filled=True, opacity=1,
+                                                       stroke="#111", strokeWidth=1).encode(
+                x=x, y=y, color=color,
+                shape=alt.Shape("marker:N", title=None, legend=alt.Legend(orient="bottom", labelLimit=420)), tooltip=tooltip)
+        out.append((norm, chart.properties(height=210)))
     return out
 
 
-def _column_config(eps_label: str) -> dict:
+def _column_config(eps_label: str, headline: str) -> dict:
     cc = st.column_config
     pct = dict(min_value=0.0, max_value=100.0, format="%.1f%%")
+    robust_what = headline or "AutoAttack at the track's headline ε"
+    ci = ("95% Wilson interval, percent, over the points pooled across seeds (successes = Σ round(acc·n), "
+          "n = Σ n)")
     return {
         "rank": cc.NumberColumn("rank", format="%d", width=50, help="by robust accuracy, then clean accuracy"),
         "method": cc.TextColumn("method", width=130),
         "settings": cc.TextColumn("settings", width=100, help="method parameters"),
         "compression": cc.NumberColumn("compression", format="%.1f%%", width=95,
                                        help="parameters removed, mean over seeds"),
-        "clean acc": cc.ProgressColumn("clean acc", help="test accuracy, mean over seeds", width=120, **pct),
+        "clean acc": cc.ProgressColumn("clean acc", help="test accuracy on the whole test split, mean over seeds",
+                                       width=110, **pct),
         "± clean": cc.TextColumn("±", help="std of clean accuracy over seeds, percentage points", width=58),
-        "robust acc": cc.ProgressColumn(f"robust acc {eps_label}".strip(), width=140,
-                                        help="AutoAttack accuracy at the track's headline ε, mean over seeds", **pct),
+        "clean 95% CI": cc.TextColumn("clean CI", width=105, help=f"clean accuracy: {ci}, n = test points"),
+        "robust acc": cc.ProgressColumn(f"robust acc {eps_label}".strip(), width=130,
+                                        help=f"{robust_what}; mean over seeds", **pct),
         "± robust": cc.TextColumn("± ", help="std of robust accuracy over seeds, percentage points", width=58),
+        "robust 95% CI": cc.TextColumn("robust CI", width=105, help=f"robust accuracy: {ci}, n = attacked points"),
+        "attacked": cc.NumberColumn("attacked", format="%d", width=75,
+                                    help="points attacked, summed over seeds (the n of the robust interval)"),
         "cond_max": cc.NumberColumn("cond_max", format="%.3g", width=80,
-                                    help="largest per-layer condition number, mean over seeds (std in the download)"),
+                                    help="largest per-layer condition number κ with BatchNorm and input normalisation "
+                                         "folded in (the layer's map at inference), mean over seeds"),
+        "cond_max raw": cc.NumberColumn("cond_max raw", format="%.3g", width=95,
+                                        help="largest per-layer κ of the stored weights alone (nothing folded), "
+                                             "mean over seeds; empty for rows from before it was recorded"),
         "params": cc.NumberColumn("params", format="compact", width=70, help="inference-form parameters"),
         "FLOPs": cc.NumberColumn("FLOPs", format="compact", width=70, help="multiply-adds per example"),
         "train s": cc.NumberColumn("train s", format="%.1f", width=70, help="training wall time (s)"),
@@ -221,13 +292,39 @@ def _sidebar(loaded: lbd.Loaded):
     tracks = list(counts.index)
     track = st.sidebar.selectbox("Track", tracks, format_func=lambda t: f"{t} ({counts[t]} runs)", key="track")
     in_track = runs[runs["track"] == track]
+    _track_caption(in_track)
     all_methods = sorted(in_track["method"].dropna().unique().tolist())
     methods = st.sidebar.multiselect("Methods", all_methods, default=all_methods, key=f"methods::{track}")
     lo, hi = st.sidebar.slider("Compression (fraction removed)", 0.0, 1.0, (0.0, 1.0), step=0.05, key="compression")
     hide_failed = st.sidebar.checkbox("Hide failed runs", value=True, key="hide_failed")
     sort_by = st.sidebar.selectbox("Sort by", list(lbd.SORTS), key="sort_by")
+    show_paper = st.sidebar.checkbox(
+        "Show the paper's reported numbers", value=True, key="show_paper",
+        help="The published numbers (leaderboard_app/paper_reference.csv) for this track's dataset and "
+             "architecture, drawn beside ours and labelled 'paper (reported)'; they are never ranked.")
     st.sidebar.caption(f"Results: `{loaded.results_dir}`")
-    return track, all_methods, methods, (lo, hi), hide_failed, sort_by
+    return track, all_methods, methods, (lo, hi), hide_failed, sort_by, show_paper
+
+
+def _track_caption(in_track: pd.DataFrame) -> None:
+    """What the track is and what it changes against the paper, as its rows recorded it."""
+    info = lbd.track_info(in_track)
+    lines = []
+    if info["description"]:
+        lines.append(info["description"])
+    if info["reference"]:
+        lines.append(f"Reproduces: {info['reference']}")
+    if info["differs"] is None:
+        if not info["description"]:
+            lines.append("These runs do not record the track's description (older rows).")
+    elif info["differs"]:
+        lines.append(f"**Differs:** {info['differs']}")
+    else:
+        lines.append("**Differs:** nothing (the reference setting exactly)")
+    if info["variants"] > 1:
+        lines.append(f"The runs carry {info['variants']} different descriptions (the track changed between runs); "
+                     "the most common is shown.")
+    st.sidebar.caption("  \n".join(lines))
 
 
 def main() -> None:
@@ -241,7 +338,7 @@ def main() -> None:
         _empty_page(loaded)
         return
 
-    track, all_methods, methods, comp_range, hide_failed, sort_by = _sidebar(loaded)
+    track, all_methods, methods, comp_range, hide_failed, sort_by, show_paper = _sidebar(loaded)
     in_track = loaded.runs[loaded.runs["track"] == track]
     lb_all = lbd.leaderboard(in_track, include_failed=not hide_failed)
     lb = lbd.sort_table(lbd.filter_table(lb_all, methods=methods, compression=comp_range), sort_by)
@@ -250,15 +347,25 @@ def main() -> None:
     eps = lbd.as_float(in_track["robust_eps"].dropna().iloc[0]) if in_track["robust_eps"].notna().any() \
         else float("nan")
     eps_label = "" if math.isnan(eps) else f"(ε={_eps_text(eps)})"
+    headline = lbd.headline_text(in_track[in_track["status"] == "ok"])
     n_failed = int((in_track["status"] != "ok").sum())
+    paper = None
+    if show_paper:
+        ref, why = _load_paper()
+        if ref is None:
+            st.error(f"The paper's reference numbers could not be loaded: {why}", icon=":material/error:")
+        else:
+            paper = lbd.paper_rows(ref, in_track)
 
     st.title(TITLE)
     _skipped_warnings(loaded)
     st.caption(f"Track **{track}** · {len(lb)} of {len(lb_all)} configurations · {len(shown_runs)} runs shown"
                + (f" · {n_failed} failed run(s) hidden" if hide_failed and n_failed else ""))
     _headline(lb, ok_lb, shown_runs, eps_label)
-    picked = _table_section(lb, lb_all, shown_runs, track, eps_label)
-    _plots(ok_lb, shown_runs, all_methods, eps_label)
+    picked = _table_section(lb, lb_all, shown_runs, track, eps_label, headline)
+    if show_paper and paper is not None:
+        _paper_section(paper, shown_runs, in_track)
+    _plots(ok_lb, shown_runs, all_methods, eps_label, paper)
     _run_detail(shown_runs, lb, picked)
 
 
@@ -277,18 +384,21 @@ def _headline(lb: pd.DataFrame, ok_lb: pd.DataFrame, shown_runs: pd.DataFrame, e
 
 
 def _table_section(lb: pd.DataFrame, lb_all: pd.DataFrame, shown_runs: pd.DataFrame, track: str,
-                   eps_label: str) -> pd.DataFrame | None:
+                   eps_label: str, headline: str) -> pd.DataFrame | None:
     """The table and its downloads; returns the row ticked in the table (a one-row frame), if any."""
     st.subheader("Leaderboard")
     if lb.empty:
         st.info("No configuration matches these filters." if not lb_all.empty else
                 "Every run of this track failed: untick **Hide failed runs** to see them.")
         return None
-    event = st.dataframe(lbd.display_table(lb), hide_index=True, column_config=_column_config(eps_label), key="table",
-                         on_select="rerun", selection_mode="single-row")
-    st.caption("One row per method, settings and compression target; mean over seeds (± std in percentage "
-               "points). Robust accuracy is AutoAttack's at the track's headline ε. Click a header to sort, "
-               "tick a row to pick its runs in the run detail below.")
+    event = st.dataframe(lbd.display_table(lb), hide_index=True, column_config=_column_config(eps_label, headline),
+                         key="table", on_select="rerun", selection_mode="single-row")
+    robust = f"Robust accuracy: {headline}." if headline else "No run in view has a robust accuracy."
+    st.caption("One row per method, settings and compression target. Accuracies: mean over seeds, ± the std "
+               "over seeds (percentage points), and a 95% Wilson interval over the points pooled across seeds "
+               f"(test points for clean, attacked points for robust). {robust} cond_max is with BatchNorm and "
+               "input normalisation folded in; cond_max raw of the stored weights. Click a header to sort, tick a "
+               "row to pick its runs in the run detail below.")
     export = lbd.export_table(lb)
     parquet = "application/vnd.apache.parquet"
     c1, c2, c3, _ = st.columns([1, 1, 1, 2])
@@ -302,7 +412,40 @@ def _table_section(lb: pd.DataFrame, lb_all: pd.DataFrame, shown_runs: pd.DataFr
     return lb.iloc[[rows[0]]] if rows and 0 <= rows[0] < len(lb) else None
 
 
-def _plots(ok_lb: pd.DataFrame, shown_runs: pd.DataFrame, all_methods: list[str], eps_label: str) -> None:
+def _paper_section(paper: pd.DataFrame, shown_runs: pd.DataFrame, in_track: pd.DataFrame) -> None:
+    """The paper's published numbers beside ours: a separate table, never part of the ranking."""
+    st.subheader("Paper (reported) beside ours")
+    if paper.empty:
+        st.caption("No published numbers for this track's dataset and architecture in "
+                   "`leaderboard_app/paper_reference.csv`.")
+        return
+    both = lbd.paper_beside_ours(paper, shown_runs)
+    cc = st.column_config
+    pct = "%.2f%%"
+    shown = both.assign(**{lbd.PAPER_LABEL: both[lbd.PAPER_LABEL] * 100, "ours": both["ours"] * 100,
+                           "ours_std": both["ours_std"] * 100})
+    st.dataframe(shown, hide_index=True, key="paper_table", column_config={
+        "paper setting": cc.TextColumn("paper setting", width=260,
+                                       help="the paper's method, its parameters and compression ratio"),
+        "eps": cc.NumberColumn("ε", format="%.4g", width=60),
+        lbd.PAPER_LABEL: cc.NumberColumn(lbd.PAPER_LABEL, format=pct, width=115,
+                                         help="as published (REFERENCE.md §6); not produced by this benchmark"),
+        "our configuration": cc.TextColumn("our configuration", width=170,
+                                           help="our runs in view of the matching method; empty: none"),
+        "ours": cc.NumberColumn("ours", format=pct, width=80, help="our mean over seeds at the same attack and ε"),
+        "ours_std": cc.NumberColumn("± ours", format="%.2f", width=65, help="std over seeds, percentage points"),
+        "seeds": cc.NumberColumn("seeds", format="%d", width=55),
+        "source": cc.TextColumn("source", width=200), "note": cc.TextColumn("note", width=260),
+    })
+    differs = lbd.track_info(in_track)["differs"]
+    st.caption("The paper's numbers are shown for reference only and are never ranked. They are FGSM and L2-PGD "
+               "(not AutoAttack), and its compression ratio c.r. is the fraction of *rank* removed per layer, ours "
+               "the fraction of *parameters* removed, so equal percentages are not the same compression."
+               + (f" This track differs from the paper's setting: {differs}." if differs else ""))
+
+
+def _plots(ok_lb: pd.DataFrame, shown_runs: pd.DataFrame, all_methods: list[str], eps_label: str,
+           paper: pd.DataFrame | None = None) -> None:
     st.subheader("Trade-offs")
     have_robust = not ok_lb.empty and ok_lb["robust_acc_mean"].notna().any()
     which = "robust" if have_robust else "clean"
@@ -324,9 +467,31 @@ def _plots(ok_lb: pd.DataFrame, shown_runs: pd.DataFrame, all_methods: list[str]
             st.info("No robustness curves in these runs (they were run with `--no-attacks`, or before curves "
                     "were recorded).")
         else:
-            family = st.selectbox("Attack", families, key="curve_family", label_visibility="collapsed")
-            curves = lbd.mean_curves(lbd.curve_points(shown_runs, family))
-            st.altair_chart(_curve_chart(curves, all_methods, family), width="stretch")
+            names = {f: lbd.curve_label(shown_runs, f) for f in families}
+            # The names come from the runs in view. A keyed selectbox keeps showing the name it was
+            # created with, so the key follows the names (a new widget when they change) and the
+            # choice is carried over by hand.
+            prev = st.session_state.get("_curve_family")
+            key = "curve_family::" + hashlib.sha1(repr(sorted(names.items())).encode()).hexdigest()[:12]
+            family = st.selectbox("Attack", families, key=key, label_visibility="collapsed", format_func=names.get,
+                                  index=families.index(prev) if prev in families else 0)
+            st.session_state["_curve_family"] = family
+            points = lbd.curve_points(shown_runs, family)
+            curves = lbd.mean_curves(points)
+            ref = lbd.paper_curve_points(paper, family) if paper is not None else None
+            if ref is not None:
+                ref = ref[ref["method"].isin(all_methods)]
+            st.altair_chart(_curve_chart(curves, all_methods, family, ref), width="stretch")
+            notes = []
+            if family in ("aa_linf", "aa_l2"):
+                sets = list(dict.fromkeys(points["attack_set"]))
+                notes.append("Attacks: " + "; ".join(
+                    f"{s} at ε={', '.join(lbd.eps_text(e) for e in sorted(set(points.loc[points['attack_set'] == s, 'eps'])))}"
+                    for s in sets) + ". Diamonds: the headline ε (the table's robust accuracy).")
+            if ref is not None and not ref.empty:
+                notes.append("Hollow squares: the paper's reported numbers (not ours; never ranked).")
+            if notes:
+                st.caption(" ".join(notes))
 
     left, right = st.columns(2, gap="large")
     with left:
@@ -343,6 +508,17 @@ def _plots(ok_lb: pd.DataFrame, shown_runs: pd.DataFrame, all_methods: list[str]
             st.info("No speed numbers in these runs.")
         else:
             st.altair_chart(chart, width="stretch")
+
+
+def _run_ci(r, metric: str, n_col: str) -> str:
+    """A run's 95% Wilson interval as '[lo, hi]' percent: the stored one, else from its point count."""
+    lo, hi = r.get(f"{metric}_ci_low"), r.get(f"{metric}_ci_high")
+    if math.isnan(lbd.as_float(lo)) or math.isnan(lbd.as_float(hi)):
+        from bench.summary import pooled_interval
+
+        pool = pooled_interval([r.get(metric)], [r.get(n_col)])
+        lo, hi = pool["ci_low"], pool["ci_high"]
+    return lbd.ci_text(lo, hi)
 
 
 def _run_detail(shown_runs: pd.DataFrame, lb: pd.DataFrame, picked: pd.DataFrame | None) -> None:
@@ -366,15 +542,26 @@ def _run_detail(shown_runs: pd.DataFrame, lb: pd.DataFrame, picked: pd.DataFrame
             with st.expander("Traceback"):
                 st.code(tb, language="text")
 
-    m = st.columns(6)
-    m[0].metric("clean acc", _fmt(r.get("clean_acc"), ".1f", 100, "%"))
+    m = st.columns(7)
+    clean_ci = _run_ci(r, "clean_acc", "n_test")
+    m[0].metric("clean acc", _fmt(r.get("clean_acc"), ".1f", 100, "%"),
+                delta=f"95% CI {clean_ci}" if clean_ci else None, delta_color="off", delta_arrow="off",
+                help=f"on {_fmt(r.get('n_test'), ',.0f')} test points; 95% Wilson interval")
     eps = lbd.as_float(r.get("robust_eps"))
+    robust_ci = _run_ci(r, "robust_acc", "aa_n")
+    what = lbd.headline_text(pd.DataFrame([r]))
     m[1].metric(f"robust acc (ε={_eps_text(eps)})" if not math.isnan(eps) else "robust acc",
-                _fmt(r.get("robust_acc"), ".1f", 100, "%"))
+                _fmt(r.get("robust_acc"), ".1f", 100, "%"),
+                delta=f"95% CI {robust_ci}" if robust_ci else None, delta_color="off", delta_arrow="off",
+                help=(f"{what}, " if what else "") + f"on {_fmt(r.get('aa_n'), ',.0f')} attacked points; "
+                     "95% Wilson interval")
     m[2].metric("compression", _fmt(r.get("compression"), ".1f", 100, "%"))
-    m[3].metric("cond_max", _fmt(r.get("cond_max"), ".4g"))
-    m[4].metric("params", _fmt(r.get("n_params"), ",.0f"))
-    m[5].metric("train time", _fmt(r.get("train_seconds"), ".1f", suffix=" s"))
+    m[3].metric("cond_max (folded)", _fmt(r.get("cond_max"), ".4g"),
+                help="largest per-layer κ with BatchNorm and input normalisation folded in")
+    m[4].metric("cond_max raw", _fmt(r.get("cond_max_raw"), ".4g"),
+                help="largest per-layer κ of the stored weights alone; '–' for rows from before it was recorded")
+    m[5].metric("params", _fmt(r.get("n_params"), ",.0f"))
+    m[6].metric("train time", _fmt(r.get("train_seconds"), ".1f", suffix=" s"))
 
     attacked = bool(lbd.as_list(r.get("aa_curve"))) or not math.isnan(lbd.as_float(r.get("robust_acc")))
     flags = lbd.as_list(r.get("aa_flags"))
@@ -390,17 +577,25 @@ def _run_detail(shown_runs: pd.DataFrame, lb: pd.DataFrame, picked: pd.DataFrame
 
     left, right = st.columns(2, gap="large")
     with left:
-        st.markdown("**Per-layer condition number κ** (numbers on bars: rank)")
+        st.markdown("**Per-layer condition number κ** (bars: folded κ; ticks: raw κ; numbers on bars: rank)")
         layers = lbd.layer_frame(r)
         chart = _layer_chart(layers) if not layers.empty else None
         if chart is None:
             st.info("No per-layer numbers recorded for this run.")
         else:
             st.altair_chart(chart, width="stretch")
-            st.dataframe(layers.drop(columns="order"), hide_index=True, key="layers",
-                         column_config={"kappa": st.column_config.NumberColumn("κ", format="%.4g"),
-                                        "spectral_norm": st.column_config.NumberColumn("spectral norm", format="%.4g"),
-                                        "rank": st.column_config.NumberColumn("rank", format="%d")})
+            cc = st.column_config
+            shown = layers.drop(columns="order").assign(folded=[lbd.folded_text(f) for f in layers["folded"]])
+            st.dataframe(shown, hide_index=True, key="layers",
+                         column_config={"kappa": cc.NumberColumn("κ", format="%.4g",
+                                                                 help="of the folded map (see 'folded in')"),
+                                        "kappa_raw": cc.NumberColumn("κ raw", format="%.4g",
+                                                                     help="of the stored weights alone"),
+                                        "folded": cc.TextColumn("folded in", help="what was folded into the "
+                                                                "layer's map before κ was taken"),
+                                        "spectral_norm": cc.NumberColumn("spectral norm", format="%.4g"),
+                                        "spectral_norm_raw": cc.NumberColumn("spectral norm raw", format="%.4g"),
+                                        "rank": cc.NumberColumn("rank", format="%d")})
     with right:
         st.markdown("**Robustness curves of this run**")
         curves = lbd.run_curves(r)

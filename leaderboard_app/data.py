@@ -27,19 +27,35 @@ OPTIONAL_COLUMNS = (
     "layer_names", "layer_kappa", "layer_spectral_norm", "layer_ranks", "log10_cond_prod",
     "flops_per_example", "latency_ms_per_batch", "dense_latency_ms_per_batch", "n_nonzero",
     "method_details", "config_json", "traceback", "val_acc",
+    # newer columns (bench/evaluate.py, bench/runner.py); older rows get nulls
+    "track_description", "track_differs", "cond_max_raw", "layer_kappa_raw", "layer_spectral_norm_raw",
+    "layer_folded", "layer_kinds", "layer_shapes", "clean_acc_ci_low", "clean_acc_ci_high", "robust_acc_ci_low",
+    "robust_acc_ci_high", "attacked_indices", "aa_n", "aa_headline_version", "pgd_steps",
 )
 PROVENANCE = (
     "created_at", "git_commit", "python_version", "torch_version", "torchvision_version",
     "pyautoattack_version", "device_name", "device", "hostname", "source_file",
 )
-#: Curve families a run may carry: label -> (column, norm filter for aa_curve or None).
+#: Curve families a run may carry: id -> (column, norm filter for aa_curve or None). The AutoAttack
+#: families' display names come from the rows (:func:`curve_label`): their ε away from the
+#: headline are usually APGD-CE + APGD-T only, not the standard AutoAttack.
 CURVES = {
-    "AutoAttack L∞": ("aa_curve", "Linf"),
-    "AutoAttack L2": ("aa_curve", "L2"),
-    "PGD L∞": ("pgd_linf_curve", None),
-    "PGD L2": ("pgd_l2_curve", None),
-    "FGSM": ("fgsm_curve", None),
+    "aa_linf": ("aa_curve", "Linf"),
+    "aa_l2": ("aa_curve", "L2"),
+    "pgd_linf": ("pgd_linf_curve", None),
+    "pgd_l2": ("pgd_l2_curve", None),
+    "fgsm": ("fgsm_curve", None),
 }
+#: a family's norm as displayed
+FAMILY_NORM = {"aa_linf": "L∞", "aa_l2": "L2", "pgd_linf": "L∞", "pgd_l2": "L2", "fgsm": "L∞"}
+#: names of the families whose name does not depend on the rows
+FAMILY_NAMES = {"pgd_linf": "PGD L∞", "pgd_l2": "PGD L2", "fgsm": "FGSM"}
+#: AutoAttack's attack names as its paper writes them
+ATTACK_NAMES = {"apgd-ce": "APGD-CE", "apgd-t": "APGD-T", "apgd-dlr": "APGD-DLR", "fab": "FAB", "fab-t": "FAB-T",
+                "square": "Square"}
+#: pyautoattack's versions (an aa_curve point's ``version``), as displayed
+VERSION_NAMES = {"standard": "standard AutoAttack", "plus": "AutoAttack plus", "rand": "AutoAttack rand"}
+UNRECORDED = "AutoAttack (version not recorded)"
 
 
 # ---------------------------------------------------------------- loading
@@ -228,9 +244,18 @@ def _pm(std: Any, scale: float = 1.0, spec: str = ".1f") -> str:
     return "" if is_missing(std) else f"± {std * scale:{spec}}"
 
 
+def ci_text(low: Any, high: Any, scale: float = 100.0, spec: str = ".1f") -> str:
+    """'[96.8, 97.6]' (percent by default); '' when either end is missing."""
+    lo, hi = as_float(low), as_float(high)
+    if math.isnan(lo) or math.isnan(hi):
+        return ""
+    return f"[{lo * scale:{spec}}, {hi * scale:{spec}}]"
+
+
 def display_table(lb: pd.DataFrame) -> pd.DataFrame:
     """The table as shown: numbers stay numbers (so clicking a header sorts them), accuracies and
-    compression in percent, spreads as '± x' text in percentage points."""
+    compression in percent; beside each accuracy its seed spread ('± x', percentage points) and its
+    95% Wilson interval over the points pooled across seeds ('[lo, hi]', percent)."""
     def col(name, scale=1.0):
         if name not in lb.columns:
             return pd.Series(np.nan, index=lb.index)
@@ -243,9 +268,13 @@ def display_table(lb: pd.DataFrame) -> pd.DataFrame:
         "compression": col("compression_mean", 100),
         "clean acc": col("clean_acc_mean", 100),
         "± clean": [_pm(s, 100) for s in col("clean_acc_std")],
+        "clean 95% CI": [ci_text(lo, hi) for lo, hi in zip(col("clean_acc_ci_low"), col("clean_acc_ci_high"))],
         "robust acc": col("robust_acc_mean", 100),
         "± robust": [_pm(s, 100) for s in col("robust_acc_std")],
+        "robust 95% CI": [ci_text(lo, hi) for lo, hi in zip(col("robust_acc_ci_low"), col("robust_acc_ci_high"))],
+        "attacked": col("robust_acc_points"),
         "cond_max": col("cond_max_mean"),
+        "cond_max raw": col("cond_max_raw_mean"),
         "params": col("n_params_mean"),
         "FLOPs": col("flops_per_example_mean"),
         "train s": col("train_seconds_mean"),
@@ -258,14 +287,17 @@ def display_table(lb: pd.DataFrame) -> pd.DataFrame:
 
 
 def export_table(lb: pd.DataFrame) -> pd.DataFrame:
-    """The filtered table with raw numbers (means, stds, counts), for download."""
+    """The filtered table with raw numbers, for download: means, stds, the pooled Wilson intervals
+    (``clean_acc_ci_low`` ... ``robust_acc_ci_high``), the points behind them summed over seeds
+    (``clean_acc_points``; ``robust_acc_points`` = points attacked), ``n_seeds`` and counts.
+    A frame of runs (no ``seeds`` column) keeps its columns."""
     first = ["rank", "track", "method", "method_id", "method_params", "compression_target", "robust_eps"]
     cols = [c for c in first if c in lb.columns] + [c for c in lb.columns if c not in first and c != "settings"]
     out = lb[cols].reset_index(drop=True).copy()
     for c in out.columns:
         if out[c].dtype == object:
             out[c] = out[c].map(lambda v: v if is_missing(v) or isinstance(v, (str, int, float, bool)) else json.dumps(plain(v)))
-    return out
+    return out.rename(columns={"seeds": "n_seeds"})
 
 
 def to_csv_bytes(df: pd.DataFrame) -> bytes:
@@ -341,12 +373,48 @@ def tradeoff_frame(lb: pd.DataFrame, metric: str = "robust_acc") -> pd.DataFrame
     return out
 
 
+def eps_text(eps: Any) -> str:
+    """0.0313725 -> '8/255' (a small ε that is a whole number of 255ths), else '%g'; '' for NaN."""
+    eps = as_float(eps)
+    if math.isnan(eps):
+        return ""
+    k = eps * 255
+    if abs(k - round(k)) < 1e-6 and 0 < eps < 0.1:
+        return f"{int(round(k))}/255"
+    return f"{eps:g}"
+
+
+def attack_set_name(version: Any, attacks: Any) -> str:
+    """What an AutoAttack curve point ran, from its ``version`` and ``attacks`` fields.
+
+    'standard' -> 'standard AutoAttack'; 'custom' with 'apgd-ce,apgd-t' -> 'APGD-CE + APGD-T';
+    a point without a version (older rows) names its attacks, or says the version is unknown.
+    """
+    if isinstance(attacks, (list, tuple, np.ndarray)):
+        names = [str(a).strip() for a in plain(attacks)]
+    elif isinstance(attacks, str):
+        names = [a.strip() for a in attacks.split(",")]
+    else:
+        names = []
+    names = [a for a in names if a]
+    v = version if isinstance(version, str) and version else None
+    if v in VERSION_NAMES:
+        return VERSION_NAMES[v]
+    if names:
+        return " + ".join(ATTACK_NAMES.get(a.lower(), a) for a in names)
+    return f"AutoAttack ({v})" if v else UNRECORDED
+
+
 def curve_points(runs: pd.DataFrame, family: str) -> pd.DataFrame:
-    """Long frame of one curve family over runs: run_id, label, method, seed, eps, acc (+ AA details)."""
+    """Long frame of one curve family over runs: run_id, label, method, seed, eps, acc, and for
+    AutoAttack points their version, attacks, n, ``attack_set`` (:func:`attack_set_name`) and
+    ``headline`` (the point is the run's headline robust accuracy: L∞ at its ``robust_eps``)."""
     column, norm = CURVES[family]
+    cols = ["run_id", "label", "method", "seed", "eps", "acc", "version", "attacks", "n", "attack_set", "headline"]
     rows = []
     if column in runs.columns:
         for _, r in runs.iterrows():
+            head = as_float(r.get("robust_eps"))
             for p in as_list(r[column]):
                 if not isinstance(p, dict):
                     continue
@@ -356,29 +424,94 @@ def curve_points(runs: pd.DataFrame, family: str) -> pd.DataFrame:
                 if math.isnan(eps) or math.isnan(acc):
                     continue
                 attacks = p.get("attacks")
+                aa = column == "aa_curve"
                 rows.append({
                     "run_id": r["run_id"], "label": label_of(r), "method": r["method"], "seed": r.get("seed"),
                     "eps": eps, "acc": acc, "version": p.get("version"),
                     "attacks": ", ".join(map(str, attacks)) if isinstance(attacks, list) else attacks,
                     "n": p.get("n"),
+                    "attack_set": attack_set_name(p.get("version"), attacks) if aa else FAMILY_NAMES[family],
+                    "headline": bool(aa and norm == "Linf" and not math.isnan(head) and math.isclose(eps, head, rel_tol=1e-6)),
                 })
-    return pd.DataFrame(rows, columns=["run_id", "label", "method", "seed", "eps", "acc", "version", "attacks", "n"])
+    return pd.DataFrame(rows, columns=cols)
+
+
+def family_label(points: pd.DataFrame, family: str) -> str:
+    """The display name of a curve family, from its points (:func:`curve_points`).
+
+    PGD and FGSM are what they say. An AutoAttack family is named after what ran at most of
+    its ε, with the rest in brackets, e.g. 'APGD-CE + APGD-T L∞ (standard AutoAttack at
+    ε=8/255)' for the default protocol, 'standard AutoAttack L∞' when every ε ran it.
+    """
+    if family in FAMILY_NAMES:
+        return FAMILY_NAMES[family]
+    norm = FAMILY_NORM[family]
+    if points.empty or "attack_set" not in points.columns:
+        return f"{UNRECORDED} {norm}"
+    eps_of = {s: sorted(set(part["eps"])) for s, part in points.groupby("attack_set", sort=False)}
+    # the name carried by the most ε; ties go to a recorded version, then to the set not at the headline
+    headline_sets = set(points.loc[points["headline"].astype(bool), "attack_set"]) if "headline" in points else set()
+    main = max(eps_of, key=lambda s: (len(eps_of[s]), s != UNRECORDED, s not in headline_sets))
+    others = [f"{s} at ε={', '.join(eps_text(e) for e in eps_of[s])}" for s in eps_of if s != main]
+    return f"{main} {norm}" + (f" ({'; '.join(others)})" if others else "")
+
+
+def curve_label(runs: pd.DataFrame, family: str) -> str:
+    """:func:`family_label` of ``runs``' points of ``family``."""
+    return family_label(curve_points(runs, family), family)
 
 
 def curve_families(runs: pd.DataFrame) -> list[str]:
-    """The curve families at least one of ``runs`` has points for, in display order."""
+    """The ids (keys of :data:`CURVES`) of the families at least one of ``runs`` has points for, in display order."""
     return [f for f in CURVES if not curve_points(runs, f).empty]
 
 
 def mean_curves(points: pd.DataFrame) -> pd.DataFrame:
-    """Curve points averaged over seeds: label, method, eps, acc (mean), acc_std, seeds."""
+    """Curve points averaged over seeds: label, method, eps, acc (mean), acc_std, seeds, attack_set, headline."""
+    cols = ["label", "method", "eps", "acc", "acc_std", "seeds", "attack_set", "headline"]
     if points.empty:
-        return pd.DataFrame(columns=["label", "method", "eps", "acc", "acc_std", "seeds"])
+        return pd.DataFrame(columns=cols)
     g = points.groupby(["label", "method", "eps"], sort=True)
     out = g["acc"].agg(["mean", "std", "count"]).reset_index()
     out = out.rename(columns={"mean": "acc", "std": "acc_std", "count": "seeds"})
     out["acc_std"] = out["acc_std"].fillna(0.0)
-    return out
+    if "attack_set" in points.columns:
+        out["attack_set"] = g["attack_set"].agg(lambda s: " / ".join(dict.fromkeys(map(str, s)))).to_numpy()
+        out["headline"] = g["headline"].agg(lambda s: bool(pd.Series(s).astype(bool).any())).to_numpy()
+    else:
+        out["attack_set"], out["headline"] = "", False
+    return out[cols]
+
+
+def headline_text(runs: pd.DataFrame) -> str:
+    """What the robust accuracy column is, from the rows: e.g. 'standard AutoAttack (APGD-CE, APGD-T,
+    FAB-T, Square) at ε=8/255'. Several versions or ε in ``runs`` are all named, with run counts; ''
+    when no run has a robust accuracy."""
+    if runs.empty or "robust_acc" not in runs.columns:
+        return ""
+    rob = runs[pd.to_numeric(runs["robust_acc"], errors="coerce").notna()]
+    if rob.empty:
+        return ""
+    found: dict[tuple[str, str], int] = {}
+    for _, r in rob.iterrows():
+        eps = as_float(r.get("robust_eps"))
+        version = r.get("aa_headline_version")
+        attacks = None
+        for p in as_list(r.get("aa_curve")):
+            if (isinstance(p, dict) and str(p.get("norm", "Linf")).lower() == "linf"
+                    and not math.isnan(eps) and math.isclose(as_float(p.get("eps")), eps, rel_tol=1e-6)):
+                attacks = p.get("attacks")
+                version = version if isinstance(version, str) and version else p.get("version")
+                break
+        name = attack_set_name(version, attacks)
+        if attacks and name in VERSION_NAMES.values():  # name the version's attacks too
+            name += f" ({attack_set_name(None, attacks).replace(' + ', ', ')})"
+        key = (name, eps_text(eps))
+        found[key] = found.get(key, 0) + 1
+    parts = [f"{name} at ε={eps}" if eps else name for name, eps in found]
+    if len(found) == 1:
+        return parts[0]
+    return "; ".join(f"{t} ({n} run{'s' if n > 1 else ''})" for t, n in zip(parts, found.values()))
 
 
 def cond_frame(lb: pd.DataFrame) -> pd.DataFrame:
@@ -429,14 +562,20 @@ def run_label(r: Any) -> str:
 def layer_frame(r: Any) -> pd.DataFrame:
     """Per-layer κ, spectral norm, rank, kind and shape of one run, in network order.
 
-    Lists a run lacks leave their column empty; a run with no per-layer lists at all but
-    ``method_details["ranks"]`` (older rows) still gets its ranks.
+    ``kappa`` and ``spectral_norm`` are of the layer's folded map (BatchNorm and input
+    normalisation folded in; older rows: the stored weights), ``kappa_raw`` and
+    ``spectral_norm_raw`` of the stored weights alone, ``folded`` what was folded ('bn',
+    'bn_in', 'input_norm', joined by '+'; '' nothing; 'untraced'). Lists a run lacks leave their
+    column empty; a run with no per-layer lists at all but ``method_details["ranks"]`` (older
+    rows) still gets its ranks.
     """
-    cols = ["order", "layer", "kind", "shape", "kappa", "spectral_norm", "rank"]
+    cols = ["order", "layer", "kind", "shape", "kappa", "kappa_raw", "folded", "spectral_norm", "spectral_norm_raw",
+            "rank"]
     names = as_list(r.get("layer_names"))
     lists = {"kappa": as_list(r.get("layer_kappa")), "spectral_norm": as_list(r.get("layer_spectral_norm")),
              "rank": as_list(r.get("layer_ranks")), "kind": as_list(r.get("layer_kinds")),
-             "shape": as_list(r.get("layer_shapes"))}
+             "shape": as_list(r.get("layer_shapes")), "kappa_raw": as_list(r.get("layer_kappa_raw")),
+             "spectral_norm_raw": as_list(r.get("layer_spectral_norm_raw")), "folded": as_list(r.get("layer_folded"))}
     n = max([len(names)] + [len(v) for v in lists.values()])
     if n == 0:
         ranks_d = as_dict(r.get("method_details")).get("ranks")
@@ -452,13 +591,33 @@ def layer_frame(r: Any) -> pd.DataFrame:
     def text(x):
         return "" if x is None else str(x)
 
+    def folded(x):  # None: not recorded (older rows); "" nothing folded
+        return None if x is None else str(x)
+
     return pd.DataFrame({
         "order": range(n),
         "layer": [text(x) for x in names[:n]] + [f"layer {i}" for i in range(len(names), n)],
         "kind": pad(lists["kind"], text), "shape": pad(lists["shape"], text),
-        "kappa": pad(lists["kappa"], as_float), "spectral_norm": pad(lists["spectral_norm"], as_float),
+        "kappa": pad(lists["kappa"], as_float), "kappa_raw": pad(lists["kappa_raw"], as_float),
+        "folded": pad(lists["folded"], folded),
+        "spectral_norm": pad(lists["spectral_norm"], as_float),
+        "spectral_norm_raw": pad(lists["spectral_norm_raw"], as_float),
         "rank": pad(lists["rank"], as_float),
     }, columns=cols)
+
+
+#: parts of a ``layer_folded`` entry, as displayed
+FOLDED_NAMES = {"bn": "BatchNorm after", "bn_in": "BatchNorm before", "input_norm": "input normalisation",
+                "untraced": "not traced (κ = raw κ)"}
+
+
+def folded_text(v: Any) -> str:
+    """A ``layer_folded`` entry for people: 'bn+input_norm' -> 'BatchNorm after + input normalisation',
+    '' -> 'nothing', None -> 'not recorded' (older rows)."""
+    if v is None or is_missing(v):
+        return "not recorded"
+    parts = [x for x in str(v).split("+") if x]
+    return " + ".join(FOLDED_NAMES.get(x, x) for x in parts) if parts else "nothing"
 
 
 def provenance(r: Any) -> dict:
@@ -471,15 +630,203 @@ def provenance(r: Any) -> dict:
 
 
 def run_curves(r: Any) -> pd.DataFrame:
-    """All curve points of one run, with their family."""
+    """All curve points of one run: ``family`` (a :data:`CURVES` id), ``attack`` (its
+    :func:`family_label` for this run), ``norm``, eps, acc, and the AutoAttack details."""
     one = pd.DataFrame([r])
     frames = []
     for fam in CURVES:
         pts = curve_points(one, fam)
         if not pts.empty:
-            pts.insert(0, "attack", fam)
-            pts.insert(1, "norm", "L2" if "L2" in fam else "L∞")
+            pts.insert(0, "family", fam)
+            pts.insert(1, "attack", family_label(pts, fam))
+            pts.insert(2, "norm", FAMILY_NORM[fam])
             frames.append(pts)
     if not frames:
-        return pd.DataFrame(columns=["attack", "norm", "eps", "acc"])
+        return pd.DataFrame(columns=["family", "attack", "norm", "eps", "acc", "attack_set", "headline"])
     return pd.concat(frames, ignore_index=True)
+
+
+# ---------------------------------------------------------------- the track
+
+
+def _most_common(values: pd.Series) -> tuple[Any, int]:
+    """The most frequent non-null value and how many distinct non-null values there are."""
+    v = values.dropna() if values is not None else pd.Series(dtype=object)
+    if v.empty:
+        return None, 0
+    counts = v.astype(str).value_counts()
+    return counts.index[0], len(counts)
+
+
+def track_info(runs: pd.DataFrame) -> dict:
+    """What the rows say about their track (``track_description``, ``track_differs``).
+
+    Returns {'description', 'reference', 'differs', 'variants'}: the description without its
+    bracketed reference part, the reference it reproduces ('' if none), what differs (None when no
+    row recorded it, '' when nothing differs), and how many distinct descriptions the rows carry
+    (more than one when the track changed between runs; the most common one is returned).
+    """
+    desc_col = runs["track_description"] if "track_description" in runs.columns else None
+    diff_col = runs["track_differs"] if "track_differs" in runs.columns else None
+    desc, variants = _most_common(desc_col)
+    differs, _ = _most_common(diff_col)
+    out = {"description": desc or "", "reference": "", "differs": differs, "variants": variants}
+    if desc and desc.endswith("]") and " [" in desc:
+        # Track.summary(): "<description> [<reference>; differs: <...>]" or "... [<reference>, exactly]"
+        # or, without a reference, "<description> [<differs>]".
+        head, bracket = desc[:-1].rsplit(" [", 1)
+        ref = None
+        if "; differs: " in bracket:
+            ref = bracket.split("; differs: ", 1)[0]
+        elif bracket.endswith(", exactly"):
+            ref = bracket[: -len(", exactly")]
+        elif differs is not None and bracket == differs:
+            ref = ""
+        if ref is not None:
+            out.update(description=head, reference=ref)
+    return out
+
+
+# ---------------------------------------------------------------- the paper's numbers
+
+#: the published numbers (REFERENCE.md §6), shown beside ours and never ranked
+PAPER_REFERENCE = Path(__file__).resolve().parent / "paper_reference.csv"
+PAPER_COLUMNS = ("paper", "dataset", "arch", "method", "bench_method", "method_params", "compression",
+                 "compression_kind", "attack", "norm", "eps", "metric", "value", "unit", "source", "note")
+#: columns that may be empty in a row
+PAPER_MAY_BE_EMPTY = ("bench_method", "method_params", "compression", "compression_kind", "note")
+#: attack, norm -> the curve family our runs record it in (the metric 'accuracy' at ε)
+PAPER_ATTACKS = {("FGSM", "Linf"): "fgsm", ("PGD", "Linf"): "pgd_linf", ("PGD", "L2"): "pgd_l2",
+                 ("AutoAttack", "Linf"): "aa_linf", ("AutoAttack", "L2"): "aa_l2"}
+PAPER_LABEL = "paper (reported)"
+
+
+class PaperReferenceError(ValueError):
+    """The paper reference file is missing, unreadable or malformed; the message says where."""
+
+
+def load_paper_reference(path: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The paper's published numbers, validated: one row per number, the columns of
+    :data:`PAPER_COLUMNS` plus ``acc`` (the value as a fraction) and ``family`` (our curve family).
+
+    Raises :class:`PaperReferenceError` naming the file, the line and the problem for a missing
+    column, an empty required field, a non-numeric eps/value/compression, a value outside its unit's
+    range, an unknown attack/norm/unit, or a duplicated number.
+    """
+    path = Path(PAPER_REFERENCE if path is None else path)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except FileNotFoundError:
+        raise PaperReferenceError(f"{path}: no such file") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise PaperReferenceError(f"{path}: not a readable CSV file ({exc})") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    missing = [c for c in PAPER_COLUMNS if c not in df.columns]
+    if missing:
+        raise PaperReferenceError(f"{path}: missing column(s) {', '.join(missing)} "
+                                  f"(expected {', '.join(PAPER_COLUMNS)})")
+    if df.empty:
+        raise PaperReferenceError(f"{path}: no rows")
+    df = df[list(PAPER_COLUMNS)].apply(lambda c: c.str.strip())
+
+    def fail(i, msg):
+        raise PaperReferenceError(f"{path}, line {i + 2}: {msg}")  # line 1 is the header
+
+    units = {"%": 100.0, "fraction": 1.0}
+    for i, r in df.iterrows():
+        for c in PAPER_COLUMNS:
+            if c not in PAPER_MAY_BE_EMPTY and not r[c]:
+                fail(i, f"empty {c!r}")
+        for c in ("eps", "value") + (("compression",) if r["compression"] else ()):
+            try:
+                v = float(r[c])
+            except ValueError:
+                fail(i, f"{c} {r[c]!r} is not a number")
+            if not math.isfinite(v):
+                fail(i, f"{c} {r[c]!r} is not finite")
+        if r["compression"] and not r["compression_kind"]:
+            fail(i, "a compression needs its compression_kind (what fraction it is: of parameters, of rank ...)")
+        if r["unit"] not in units:
+            fail(i, f"unit {r['unit']!r} is not one of {', '.join(units)}")
+        if not 0 <= float(r["value"]) <= units[r["unit"]]:
+            fail(i, f"value {r['value']} is outside [0, {units[r['unit']]:g}] for unit {r['unit']!r}")
+        if (r["attack"], r["norm"]) not in PAPER_ATTACKS:
+            fail(i, f"attack/norm {r['attack']!r}/{r['norm']!r} is not one of "
+                    f"{', '.join('/'.join(k) for k in PAPER_ATTACKS)}")
+        if float(r["eps"]) < 0 or (r["compression"] and not 0 <= float(r["compression"]) < 1):
+            fail(i, "eps must be >= 0 and compression in [0, 1)")
+    key = ["paper", "dataset", "arch", "method", "method_params", "compression", "attack", "norm", "eps", "metric"]
+    dup = df.assign(_eps=df["eps"].astype(float)).duplicated(subset=[k if k != "eps" else "_eps" for k in key])
+    if dup.any():
+        fail(int(np.flatnonzero(dup.to_numpy())[0]), "the same number is listed twice")
+    out = df.copy()
+    out["eps"] = out["eps"].astype(float)
+    out["value"] = out["value"].astype(float)
+    out["compression"] = pd.to_numeric(out["compression"], errors="coerce")
+    out["acc"] = [v / units[u] for v, u in zip(out["value"], out["unit"])]
+    out["family"] = [PAPER_ATTACKS[(a, n)] for a, n in zip(out["attack"], out["norm"])]
+    return out.reset_index(drop=True)
+
+
+def paper_rows(ref: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """The reference rows of the dataset and architecture of ``runs`` (empty when nothing matches)."""
+    if ref is None or ref.empty or runs.empty:
+        return ref.iloc[0:0] if ref is not None else pd.DataFrame(columns=PAPER_COLUMNS)
+    pairs = set()
+    for d, a in zip(runs.get("dataset", pd.Series(dtype=object)), runs.get("arch", pd.Series(dtype=object))):
+        if isinstance(d, str) and isinstance(a, str):
+            pairs.add((d.lower(), a.lower()))
+    keep = [(d.lower(), a.lower()) in pairs for d, a in zip(ref["dataset"], ref["arch"])]
+    return ref[keep].reset_index(drop=True)
+
+
+def paper_setting(r: Any) -> str:
+    """'CondLR (tau=0.5), c.r. 50% (rank fraction removed per layer)' for one reference row."""
+    text = r["method"] + (f" ({r['method_params']})" if r.get("method_params") else "")
+    comp = as_float(r.get("compression"))
+    if not math.isnan(comp) and comp > 0:
+        text += f", c.r. {comp * 100:g}%" + (f" ({r['compression_kind']})" if r.get("compression_kind") else "")
+    elif math.isnan(comp):
+        text += ", c.r. not stated"
+    return text
+
+
+def paper_beside_ours(ref: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Each paper number beside ours at the same attack and ε, per our configuration of the
+    matching method (``bench_method``): our mean over seeds and std, as fractions. A paper row
+    without a matching configuration in ``runs`` is kept, its 'ours' columns empty. The two
+    columns are never merged or ranked together."""
+    cols = ["paper setting", "attack", "eps", PAPER_LABEL, "our configuration", "ours", "ours_std", "seeds",
+            "source", "note"]
+    rows = []
+    ok = runs[runs["status"] == "ok"] if "status" in runs.columns else runs
+    for _, p in ref.iterrows():
+        attack = f"{p['attack']} {'L∞' if p['norm'] == 'Linf' else p['norm']}"
+        base = {"paper setting": paper_setting(p), "attack": attack, "eps": p["eps"], PAPER_LABEL: p["acc"],
+                "source": p["source"], "note": p["note"]}
+        mine = ok[ok["method"] == p["bench_method"]] if p["bench_method"] else ok.iloc[0:0]
+        pts = curve_points(mine, p["family"]) if not mine.empty else pd.DataFrame()
+        if not pts.empty:
+            pts = pts[np.isclose(pts["eps"].astype(float), p["eps"], rtol=1e-6, atol=1e-12)]
+        if pts.empty:
+            rows.append({**base, "our configuration": "", "ours": np.nan, "ours_std": np.nan, "seeds": 0})
+            continue
+        for label, part in pts.groupby("label", sort=True):
+            rows.append({**base, "our configuration": label, "ours": part["acc"].mean(),
+                         "ours_std": part["acc"].std(ddof=1) if len(part) > 1 else np.nan, "seeds": len(part)})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def paper_curve_points(ref: pd.DataFrame, family: str) -> pd.DataFrame:
+    """The reference numbers of one curve family, for drawing beside our curves: method (ours, the
+    ``bench_method``; '' when none matches), eps, acc, and a label saying it is the paper's."""
+    cols = ["method", "eps", "acc", "label", "source"]
+    if ref is None or ref.empty:
+        return pd.DataFrame(columns=cols)
+    part = ref[ref["family"] == family]
+    return pd.DataFrame({
+        "method": part["bench_method"].to_numpy(), "eps": part["eps"].to_numpy(dtype=float),
+        "acc": part["acc"].to_numpy(dtype=float),
+        "label": [f"{PAPER_LABEL}: {paper_setting(r)}" for _, r in part.iterrows()],
+        "source": part["source"].to_numpy(),
+    }, columns=cols)

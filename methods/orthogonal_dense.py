@@ -2,8 +2,9 @@
 
 The CondLR paper's orthogonal baselines keep W itself on the Stiefel manifold at unit scale
 (projected SGD with QR retraction, and Cayley SGD); this method keeps W = √a·(orthogonal) with
-a free per-layer scale a, which is CondLR's own step at compression 0. The unit-scale and
-Cayley variants are not implemented.
+a free per-layer scale a, which is CondLR's own step at compression 0; ``mode=unit`` keeps the
+scale at 1 (W on the Stiefel manifold, projected SGD with a Cholesky-QR retraction: the paper's
+projected-SGD baseline up to the retraction). Cayley SGD is not implemented.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from methods.robust_lowrank import CondLRParams, RobustLowRank
 
 @dataclass(frozen=True)
 class OrthogonalParams(CondLRParams):
-    #: mean: W = √a·(U Q Vᵀ), a scaled orthogonal matrix, κ = 1; approx_orth: κ(W) ≤ kappa
-    mode: Literal["mean", "approx_orth"] = "mean"
+    #: mean: W = √a·(U Q Vᵀ), a scaled orthogonal matrix, κ = 1 (a free per layer); unit: W = U Q Vᵀ,
+    #: every singular value 1 (W on the Stiefel manifold, as the paper's orthogonal baselines);
+    #: approx_orth: κ(W) ≤ kappa
+    mode: Literal["mean", "unit", "approx_orth"] = "mean"
 
 
 @register_method("orthogonal_dense")
 class OrthogonalDense(RobustLowRank):
-    """Uncompressed, every layer kept a scaled orthogonal matrix √a·Q by projected Riemannian SGD.
+    """Uncompressed, every layer kept a scaled orthogonal matrix √a·Q (mode=unit: Q) by projected Riemannian SGD.
 
     Weight decay: none on U, V; the track's on S (hence on the scale a), biases and BatchNorm.
     """

@@ -401,3 +401,34 @@ def test_condition_s_with_padding_gives_the_core_its_own_result(mode):
     padded = condition_s(P.unsqueeze(0), mode, 1.3, padding=(torch.tensor([5.0], dtype=F64), c.reshape(1)))
     alone = condition_s(S, mode, 1.3)
     assert torch.allclose(padded[0, :7, :7], alone, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# orthogonal_dense mode=unit: every weight on the Stiefel manifold (all singular values 1)
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("what,lr", [(None, 0.2), ("S_kappa=1e4", 0.1), ("rank_deficient", 0.1)])
+def test_unit_mode_keeps_every_singular_value_at_one(what, lr):
+    cls = METHODS.get("orthogonal_dense")
+    method = cls(cls.Params(mode="unit"))
+    torch.manual_seed(0)
+    model = method.build(build_model("lenet5"), BuildContext(compression=0.5, example_input=torch.zeros(1, 1, 28, 28),
+                                                             total_steps=None, seed=0))
+    if what:
+        _corrupt(model, what)
+    opt = method.make_optimizer(model, OptimHP(lr=lr, momentum=0.9, weight_decay=5e-4))
+    for step, (x, y) in enumerate(_batches(28, n=4, batch=16)):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        for name, layer in lowrank_layers(model):
+            U, S, V = layer.lowrank_factors()
+            sv = torch.linalg.svdvals((U @ S @ V.T).to(F64))
+            assert torch.allclose(sv, torch.ones_like(sv), atol=1e-5), (what, step, name, sv.min(), sv.max())
+    assert len(lowrank_layers(model)) == 4  # every weight layer, none compressed
+
+
+def test_unit_mode_is_only_for_orthogonal_dense():
+    from bench.method import ParamError, parse_params
+
+    with pytest.raises(ParamError):
+        parse_params(METHODS.get("robust_lowrank").Params, {"mode": "unit"})

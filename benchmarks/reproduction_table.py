@@ -1,0 +1,108 @@
+"""The reproduction table of one track, as Markdown, from the result rows (``REPRODUCTION.md``).
+
+One line per (method, parameters, compression target), over the successful runs (seeds):
+clean accuracy on the whole test split and standard AutoAttack at the headline ε as mean ± seed
+std with a 95% Wilson interval over the pooled points (all seeds' points together), the
+APGD-CE + APGD-T curve, FGSM on the paper's grid, PGD, condition numbers (BN/input folded, and
+raw), and the cost of a run.
+
+    python benchmarks/reproduction_table.py --track mnist-lenet5-e10 [--results-dir results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def _curve_acc(curve, eps: float, norm: str | None = None) -> float | None:
+    for p in list(curve) if curve is not None else []:
+        if (norm is None or p.get("norm") == norm) and math.isclose(float(p["eps"]), eps, rel_tol=1e-6, abs_tol=1e-12):
+            return float(p["acc"])
+    return None
+
+
+def _pooled(accs, ns) -> tuple[float, float]:
+    from bench.metrics.accuracy import wilson_interval
+
+    k = sum(round(a * n) for a, n in zip(accs, ns))
+    return wilson_interval(k, sum(ns))
+
+
+def _ms(vals, scale=100.0, spec=".1f") -> str:
+    import statistics
+
+    vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return "–"
+    m = statistics.fmean(vals) * scale
+    return f"{m:{spec}}" + (f" ± {statistics.stdev(vals) * scale:{spec}}" if len(vals) > 1 else "")
+
+
+def label(method: str, params_json: str, defaults: dict) -> str:
+    params = json.loads(params_json or "{}")
+    changed = {k: v for k, v in params.items() if defaults.get(k, object()) != v}
+    return method + ("[" + ",".join(f"{k}={v}" for k, v in sorted(changed.items())) + "]" if changed else "")
+
+
+def table(df, track) -> list[str]:
+    import pandas as pd
+
+    from bench.method import params_to_dict
+    from bench.registry import METHODS
+
+    ok = df[(df["status"] == "ok") & (df["track"] == track.name)]
+    ev = track.eval
+    curve_eps = [e for e in ev.linf_eps if not math.isclose(e, ev.headline_eps)]
+    fgsm_eps = [e for e in ev.fgsm_eps if e > 0][1::2] or list(ev.fgsm_eps)
+    head = (["method", "c", "seeds", "clean % (whole test)", f"AA std ε={ev.headline_eps:g} %", "AA points"]
+            + [f"APGD-CE+T ε={e:g} %" for e in curve_eps] + [f"FGSM ε={e:g} %" for e in fgsm_eps]
+            + [f"PGD-50 L∞ ε={ev.headline_eps:g} %", "κ max (folded)", "κ max (raw)", "train s", "eval s"])
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    groups = ok.groupby(["method", "method_params", "compression_target"], sort=True, dropna=False)
+    for (method, params, target), g in groups:
+        try:
+            defaults = params_to_dict(METHODS.get(method).Params())
+        except Exception:  # noqa: BLE001 - a method no longer registered
+            defaults = {}
+        lo, hi = _pooled(g["clean_acc"], g["n_test"])
+        rob = [r for r in g["robust_acc"] if r is not None and not pd.isna(r)]
+        rlo, rhi = _pooled(g["robust_acc"].fillna(0), g["aa_n"].fillna(0).astype(int)) if rob else (math.nan, math.nan)
+        row = [label(method, params, defaults), f"{target:g}" if not pd.isna(target) else "0", str(g["seed"].nunique()),
+               f"{_ms(g['clean_acc'], spec='.2f')} [{lo * 100:.2f}, {hi * 100:.2f}]",
+               f"{_ms(g['robust_acc'])} [{rlo * 100:.1f}, {rhi * 100:.1f}]" if rob else "–",
+               str(int(g["aa_n"].fillna(0).sum()))]
+        row += [_ms([_curve_acc(c, e, "Linf") for c in g["aa_curve"]]) for e in curve_eps]
+        row += [_ms([_curve_acc(c, e) for c in g["fgsm_curve"]]) for e in fgsm_eps]
+        row += [_ms([_curve_acc(c, ev.headline_eps) for c in g["pgd_linf_curve"]])]
+        row += [_ms(g["cond_max"], 1.0, ".3g"), _ms(g.get("cond_max_raw", pd.Series(dtype=float)), 1.0, ".3g"),
+                _ms(g["train_seconds"], 1.0, ".0f"), _ms(g["eval_seconds"], 1.0, ".0f")]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def main(argv=None) -> int:
+    import bench.tracks  # noqa: F401
+    from bench.registry import TRACKS
+    from bench.results import read_results
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--track", default="mnist-lenet5-e10")
+    ap.add_argument("--results-dir", default="results")
+    args = ap.parse_args(argv)
+    track = TRACKS.get(args.track)
+    df = read_results(args.results_dir)
+    if df.empty or not (df["track"] == track.name).any():
+        print(f"no rows for track {track.name} in {args.results_dir}", file=sys.stderr)
+        return 1
+    print("\n".join(table(df, track)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
