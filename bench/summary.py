@@ -2,13 +2,15 @@
 
 Uncertainty. Every clean and robust accuracy of a configuration carries two spreads: the seed
 spread (``<metric>_std``, sample std over seeds) and a 95% Wilson interval over the points the
-accuracy was measured on, pooled over the seeds: successes = sum(round(acc_i * n_i)),
-n = sum(n_i), Wilson on the pool (``<metric>_ci_low``, ``<metric>_ci_high``, ``<metric>_points``
-= n, ``<metric>_hits`` = successes). ``n_i`` is ``n_test`` for clean accuracy and ``aa_n`` (the
+accuracy was measured on: Wilson with the per-seed average of successes round(acc_i * n_i) and
+of points n_i (``<metric>_ci_low``, ``<metric>_ci_high``, ``<metric>_points`` = mean n_i,
+``<metric>_hits`` = mean successes). ``n_i`` is ``n_test`` for clean accuracy and ``aa_n`` (the
 points AutoAttack attacked) for robust accuracy; a row without it (older rows) counts in the
-mean but not in the interval. The seeds attack the same test points, so the pooled interval
-treats (seed, point) pairs as independent trials: it describes these seeds' models on these
-points, and is narrower than an interval over fresh test points would be.
+mean but not in the interval. Every seed attacks the *same* test points, so more seeds do not
+narrow the uncertainty that comes from the finite sample of test points: pooling the seeds'
+points as independent trials would make the interval about √seeds too narrow. The interval is
+the test-point sampling uncertainty of the configuration's average model; ``_std`` is the
+training (seed) spread.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ POINTS = {"clean_acc": "n_test", "robust_acc": "aa_n"}
 #: two-sided 95% normal quantile (as bench.metrics.accuracy.Z95, which imports torch)
 Z95 = 1.959963984540054
 #: what the accuracy cells of :func:`summary_table` mean
-LEGEND = ("accuracies in %: mean ± std over seeds [95% Wilson interval, points pooled over seeds]; "
-          "points = test points (clean) and attacked points (robust) summed over seeds; "
+LEGEND = ("accuracies in %: mean ± std over seeds [95% Wilson interval over the test points, which the seeds share]; "
+          "points = test points (clean) and attacked points (robust) per seed; "
           "cond_max with BatchNorm and input normalisation folded in, cond_raw of the stored weights")
 
 
@@ -52,13 +54,14 @@ def wilson_interval(successes: float, n: float, z: float = Z95) -> tuple[float, 
 
 
 def pooled_interval(acc, n) -> dict:
-    """Pool runs' accuracies over their points: {'hits', 'points', 'ci_low', 'ci_high'}.
+    """Runs' accuracies over their points: {'hits', 'points', 'ci_low', 'ci_high'}, per-seed averages
+    of successes and points (the seeds share their test points; see the module docstring).
 
     ``acc`` and ``n`` are aligned sequences (one entry per run); a run where either is missing,
     or ``n`` is not positive, is left out of the pool. With nothing to pool every value is NaN.
     """
     hits, points = _hits_points(pd.Series(list(acc), dtype=object), pd.Series(list(n), dtype=object))
-    h, k = hits.sum(min_count=1), points.sum(min_count=1)
+    h, k = hits.mean(), points.mean()
     low, high = wilson_interval(h, k) if not pd.isna(k) else (float("nan"), float("nan"))
     return {"hits": float(h), "points": float(k), "ci_low": low, "ci_high": high}
 
@@ -75,7 +78,7 @@ def aggregate(df: pd.DataFrame, *, include_failed: bool = False) -> pd.DataFrame
     """One row per (track, method, params, compression target): mean and std over seeds, and the seed count.
 
     Means and stds (``<metric>_mean``, ``<metric>_std``) use successful runs only, and so do the
-    pooled Wilson intervals of clean and robust accuracy (``<acc>_ci_low``, ``<acc>_ci_high``,
+    Wilson intervals of clean and robust accuracy (``<acc>_ci_low``, ``<acc>_ci_high``,
     ``<acc>_points``, ``<acc>_hits``; see the module docstring). ``seeds`` and
     ``runs`` count successful runs, ``failed`` the failed ones. With ``include_failed`` a
     configuration whose runs all failed still gets a row (its metrics empty); otherwise it is left out.
@@ -103,14 +106,14 @@ def aggregate(df: pd.DataFrame, *, include_failed: bool = False) -> pd.DataFrame
     mean = g_ok[metrics].mean().add_suffix("_mean")
     std = g_ok[metrics].std(ddof=1).add_suffix("_std")
     stats = mean.join(std)
-    # Wilson intervals on the points pooled over seeds (see the module docstring).
+    # Wilson intervals over one seed's worth of points (see the module docstring).
     pool = pd.DataFrame(index=ok.index)
     for m, n_col in POINTS.items():
         acc = ok[m] if m in ok.columns else pd.Series(float("nan"), index=ok.index)
         n = ok[n_col] if n_col in ok.columns else pd.Series(float("nan"), index=ok.index)
         pool[f"{m}_hits"], pool[f"{m}_points"] = _hits_points(acc, n)
     # Grouped exactly as g_ok (same keys, same rows, sort=False), so the rows line up with stats.
-    sums = ok[GROUP_KEYS].join(pool).groupby(GROUP_KEYS, dropna=False, sort=False).sum(min_count=1)
+    sums = ok[GROUP_KEYS].join(pool).groupby(GROUP_KEYS, dropna=False, sort=False).mean()
     assert len(sums) == len(stats)
     for m in POINTS:
         stats[f"{m}_hits"] = sums[f"{m}_hits"].to_numpy()

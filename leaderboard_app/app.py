@@ -116,7 +116,7 @@ def _tradeoff_chart(lb: pd.DataFrame, metric: str, methods: list[str], y_title: 
 def _curve_chart(curves: pd.DataFrame, methods: list[str], family: str,
                  paper: pd.DataFrame | None = None) -> alt.LayerChart:
     """Our mean curves; the headline ε (standard AutoAttack) as a large diamond; the paper's reported
-    numbers, when given, as hollow squares with their own legend entry."""
+    numbers, when given, as hollow squares in the colour of the matching method, with their own legend entry."""
     norm = lbd.FAMILY_NORM[family]
     x = alt.X("eps:Q", title=f"ε ({norm}, pixels in [0, 1])")
     y = alt.Y("acc:Q", title="accuracy under attack", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%"))
@@ -135,20 +135,22 @@ def _curve_chart(curves: pd.DataFrame, methods: list[str], family: str,
             shape=alt.Shape("marker:N", title=None, legend=alt.Legend(orient="top", labelLimit=480)), tooltip=tooltip))
     if paper is not None and not paper.empty:
         pts = paper.assign(marker=lbd.PAPER_LABEL)
-        layers.append(alt.Chart(pts).mark_point(shape="square", size=130, filled=False, strokeWidth=2,
-                                                color="#111").encode(
-            x=x, y=y, opacity=alt.Opacity("marker:N", title=None, legend=alt.Legend(orient="top", labelLimit=300),
-                                          scale=alt.Scale(domain=[lbd.PAPER_LABEL], range=[1])),
+        layers.append(alt.Chart(pts).mark_point(size=130, filled=False, strokeWidth=2).encode(
+            x=x, y=y, color=_color(methods),
+            shape=alt.Shape("marker:N", title=None, legend=alt.Legend(orient="top", labelLimit=300),
+                            scale=alt.Scale(domain=[lbd.PAPER_LABEL], range=["square"])),
             tooltip=[alt.Tooltip("label:N", title="paper (reported)"), alt.Tooltip("eps:Q", format=".4g"),
                      alt.Tooltip("acc:Q", format=".1%"), alt.Tooltip("source:N")]))
-    return alt.layer(*layers).resolve_scale(shape="independent", opacity="independent").properties(
-        height=CHART_HEIGHT)
+    # Streamlit fits the chart, legends included, to the height: each top legend gets its row added.
+    return alt.layer(*layers).resolve_scale(shape="independent").properties(
+        height=CHART_HEIGHT + 30 * (len(layers) - 1))
 
 
 def _cond_chart(cf: pd.DataFrame, methods: list[str]) -> alt.Chart:
     metric = "robust accuracy" if cf["metric"].iloc[0] == "robust_acc" else "clean accuracy"
     return alt.Chart(cf).mark_circle(size=110, opacity=0.9).encode(
-        x=alt.X("cond_max:Q", title="cond_max (largest per-layer condition number κ)", scale=alt.Scale(type="log")),
+        x=alt.X("cond_max:Q", title="cond_max (largest per-layer κ, BatchNorm and input normalisation folded in)",
+                scale=alt.Scale(type="log")),
         y=alt.Y("acc:Q", title=metric, scale=alt.Scale(zero=False, padding=12), axis=alt.Axis(format="%")),
         color=_color(methods),
         tooltip=[alt.Tooltip("label:N", title="configuration"), alt.Tooltip("cond_max:Q", format=".4g"),
@@ -230,7 +232,8 @@ def _run_curve_charts(curves: pd.DataFrame) -> list[tuple[str, alt.Chart]]:
     for norm, part in curves.groupby("norm", sort=False):
         fams = [f for f in lbd.CURVES if f in set(part["family"])]
         names = [part.loc[part["family"] == f, "attack"].iloc[0] for f in fams]
-        color = alt.Color("attack:N", title=None, legend=alt.Legend(orient="bottom", direction="vertical", labelLimit=420),
+        color = alt.Color("attack:N", title=None,
+                          legend=alt.Legend(orient="bottom", direction="vertical", labelLimit=520),
                           scale=alt.Scale(domain=names, range=[CURVE_COLORS[f] for f in fams]))
         x = alt.X("eps:Q", title=f"ε ({norm})")
         y = alt.Y("acc:Q", title="accuracy", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%"))
@@ -239,12 +242,14 @@ def _run_curve_charts(curves: pd.DataFrame) -> list[tuple[str, alt.Chart]]:
         chart = alt.Chart(part).mark_line(point=True, strokeWidth=2).encode(x=x, y=y, color=color, tooltip=tooltip)
         head = part[part["headline"].astype(bool)]
         if not head.empty:
-            head = head.assign(marker=[f"headline ε: {s}" for s in head["attack_set"]])
+            head = head.assign(marker="headline ε (the table's robust accuracy)")
             chart = chart + alt.Chart(head).mark_point(shape="diamond", size=200, filled=True, opacity=1,
                                                        stroke="#111", strokeWidth=1).encode(
                 x=x, y=y, color=color,
-                shape=alt.Shape("marker:N", title=None, legend=alt.Legend(orient="bottom", labelLimit=420)), tooltip=tooltip)
-        out.append((norm, chart.properties(height=210)))
+                shape=alt.Shape("marker:N", title=None, legend=alt.Legend(orient="bottom", labelLimit=520)),
+                tooltip=tooltip)
+        # The height includes the legends (Streamlit fits the chart to it): one row per family and marker.
+        out.append((norm, chart.properties(height=190 + 22 * (len(names) + (0 if head.empty else 1)))))
     return out
 
 
@@ -252,8 +257,8 @@ def _column_config(eps_label: str, headline: str) -> dict:
     cc = st.column_config
     pct = dict(min_value=0.0, max_value=100.0, format="%.1f%%")
     robust_what = headline or "AutoAttack at the track's headline ε"
-    ci = ("95% Wilson interval, percent, over the points pooled across seeds (successes = Σ round(acc·n), "
-          "n = Σ n)")
+    ci = ("95% Wilson interval, percent, over the test points (every seed attacks the same points, so "
+          "the interval uses one seed's worth: the per-seed average of successes and of points)")
     return {
         "rank": cc.NumberColumn("rank", format="%d", width=50, help="by robust accuracy, then clean accuracy"),
         "method": cc.TextColumn("method", width=130),
@@ -269,7 +274,7 @@ def _column_config(eps_label: str, headline: str) -> dict:
         "± robust": cc.TextColumn("± ", help="std of robust accuracy over seeds, percentage points", width=58),
         "robust 95% CI": cc.TextColumn("robust CI", width=105, help=f"robust accuracy: {ci}, n = attacked points"),
         "attacked": cc.NumberColumn("attacked", format="%d", width=75,
-                                    help="points attacked, summed over seeds (the n of the robust interval)"),
+                                    help="points attacked per seed, the same points for every seed (the n of the robust interval)"),
         "cond_max": cc.NumberColumn("cond_max", format="%.3g", width=80,
                                     help="largest per-layer condition number κ with BatchNorm and input normalisation "
                                          "folded in (the layer's map at inference), mean over seeds"),
@@ -395,8 +400,8 @@ def _table_section(lb: pd.DataFrame, lb_all: pd.DataFrame, shown_runs: pd.DataFr
                          key="table", on_select="rerun", selection_mode="single-row")
     robust = f"Robust accuracy: {headline}." if headline else "No run in view has a robust accuracy."
     st.caption("One row per method, settings and compression target. Accuracies: mean over seeds, ± the std "
-               "over seeds (percentage points), and a 95% Wilson interval over the points pooled across seeds "
-               f"(test points for clean, attacked points for robust). {robust} cond_max is with BatchNorm and "
+               "over seeds (percentage points), and a 95% Wilson interval over the "
+               f"test points, which every seed shares (test points for clean, attacked points for robust). {robust} cond_max is with BatchNorm and "
                "input normalisation folded in; cond_max raw of the stored weights. Click a header to sort, tick a "
                "row to pick its runs in the run detail below.")
     export = lbd.export_table(lb)
@@ -414,11 +419,11 @@ def _table_section(lb: pd.DataFrame, lb_all: pd.DataFrame, shown_runs: pd.DataFr
 
 def _paper_section(paper: pd.DataFrame, shown_runs: pd.DataFrame, in_track: pd.DataFrame) -> None:
     """The paper's published numbers beside ours: a separate table, never part of the ranking."""
-    st.subheader("Paper (reported) beside ours")
     if paper.empty:
-        st.caption("No published numbers for this track's dataset and architecture in "
-                   "`leaderboard_app/paper_reference.csv`.")
+        st.caption("The paper reports no numbers for this track's dataset and architecture "
+                   "(`leaderboard_app/paper_reference.csv`).")
         return
+    st.subheader("Paper (reported) beside ours")
     both = lbd.paper_beside_ours(paper, shown_runs)
     cc = st.column_config
     pct = "%.2f%%"
@@ -484,10 +489,10 @@ def _plots(ok_lb: pd.DataFrame, shown_runs: pd.DataFrame, all_methods: list[str]
             st.altair_chart(_curve_chart(curves, all_methods, family, ref), width="stretch")
             notes = []
             if family in ("aa_linf", "aa_l2"):
-                sets = list(dict.fromkeys(points["attack_set"]))
-                notes.append("Attacks: " + "; ".join(
-                    f"{s} at ε={', '.join(lbd.eps_text(e) for e in sorted(set(points.loc[points['attack_set'] == s, 'eps'])))}"
-                    for s in sets) + ". Diamonds: the headline ε (the table's robust accuracy).")
+                at_eps = {s: sorted(set(part["eps"])) for s, part in points.groupby("attack_set", sort=False)}
+                notes.append("Attacks: " + "; ".join(f"{s} at ε={', '.join(lbd.eps_text(e) for e in eps)}"
+                                                     for s, eps in at_eps.items())
+                             + ". Diamonds: the headline ε (the table's robust accuracy).")
             if ref is not None and not ref.empty:
                 notes.append("Hollow squares: the paper's reported numbers (not ours; never ranked).")
             if notes:

@@ -255,7 +255,7 @@ def ci_text(low: Any, high: Any, scale: float = 100.0, spec: str = ".1f") -> str
 def display_table(lb: pd.DataFrame) -> pd.DataFrame:
     """The table as shown: numbers stay numbers (so clicking a header sorts them), accuracies and
     compression in percent; beside each accuracy its seed spread ('± x', percentage points) and its
-    95% Wilson interval over the points pooled across seeds ('[lo, hi]', percent)."""
+    95% Wilson interval over the test points the seeds share ('[lo, hi]', percent)."""
     def col(name, scale=1.0):
         if name not in lb.columns:
             return pd.Series(np.nan, index=lb.index)
@@ -287,8 +287,8 @@ def display_table(lb: pd.DataFrame) -> pd.DataFrame:
 
 
 def export_table(lb: pd.DataFrame) -> pd.DataFrame:
-    """The filtered table with raw numbers, for download: means, stds, the pooled Wilson intervals
-    (``clean_acc_ci_low`` ... ``robust_acc_ci_high``), the points behind them summed over seeds
+    """The filtered table with raw numbers, for download: means, stds, the Wilson intervals
+    (``clean_acc_ci_low`` ... ``robust_acc_ci_high``), the points behind them (per seed)
     (``clean_acc_points``; ``robust_acc_points`` = points attacked), ``n_seeds`` and counts.
     A frame of runs (no ``seeds`` column) keeps its columns."""
     first = ["rank", "track", "method", "method_id", "method_params", "compression_target", "robust_eps"]
@@ -431,7 +431,8 @@ def curve_points(runs: pd.DataFrame, family: str) -> pd.DataFrame:
                     "attacks": ", ".join(map(str, attacks)) if isinstance(attacks, list) else attacks,
                     "n": p.get("n"),
                     "attack_set": attack_set_name(p.get("version"), attacks) if aa else FAMILY_NAMES[family],
-                    "headline": bool(aa and norm == "Linf" and not math.isnan(head) and math.isclose(eps, head, rel_tol=1e-6)),
+                    "headline": bool(aa and norm == "Linf" and not math.isnan(head)
+                                     and math.isclose(eps, head, rel_tol=1e-6)),
                 })
     return pd.DataFrame(rows, columns=cols)
 

@@ -362,7 +362,7 @@ def _synthetic_runs() -> pd.DataFrame:
     })
 
 
-def test_wilson_interval_pooled_over_seeds():
+def test_wilson_interval_over_the_test_points_not_pooled_over_seeds():
     from bench.metrics.accuracy import wilson_interval as wilson_torch
     from bench.summary import aggregate, pooled_interval, wilson_interval
     from leaderboard_app import data as lbd
@@ -371,38 +371,39 @@ def test_wilson_interval_pooled_over_seeds():
         assert wilson_interval(k, n) == pytest.approx(wilson_torch(k, n), abs=1e-15)
     agg = aggregate(_synthetic_runs()).set_index("method")
     m = agg.loc["m"]
-    # Pool: 900 + 800 of 2,000 test points; 100 + 80 of 400 attacked points. Wilson 95% by hand:
-    # p = 0.85, n = 2000 -> [0.833681, 0.864977]; p = 0.45, n = 400 -> [0.401952, 0.498999].
-    assert (m["clean_acc_hits"], m["clean_acc_points"]) == (1700, 2000)
-    assert (m["robust_acc_hits"], m["robust_acc_points"]) == (180, 400)
-    assert m["clean_acc_ci_low"] == pytest.approx(0.833681, abs=1e-6)
-    assert m["clean_acc_ci_high"] == pytest.approx(0.864977, abs=1e-6)
-    assert m["robust_acc_ci_low"] == pytest.approx(0.401952, abs=1e-6)
-    assert m["robust_acc_ci_high"] == pytest.approx(0.498999, abs=1e-6)
+    # The seeds share their test points, so the interval is over one seed's worth of points:
+    # 900 and 800 of 1,000 -> 850 of 1,000; 100 and 80 of 200 -> 90 of 200. Wilson 95% by hand:
+    # p = 0.85, n = 1000 -> [0.826531, 0.870790]; p = 0.45, n = 200 -> [0.382641, 0.519244].
+    assert (m["clean_acc_hits"], m["clean_acc_points"]) == (850, 1000)
+    assert (m["robust_acc_hits"], m["robust_acc_points"]) == (90, 200)
+    assert m["clean_acc_ci_low"] == pytest.approx(0.826531, abs=1e-6)
+    assert m["clean_acc_ci_high"] == pytest.approx(0.870790, abs=1e-6)
+    assert m["robust_acc_ci_low"] == pytest.approx(0.382641, abs=1e-6)
+    assert m["robust_acc_ci_high"] == pytest.approx(0.519244, abs=1e-6)
     assert m["clean_acc_mean"] == pytest.approx(0.85) and m["clean_acc_std"] == pytest.approx(0.0707107, abs=1e-6)
     assert m["seeds"] == 2  # the failed seed 2 counts nowhere
-    # Pooling weighs by points: 50 of 100 and 300 of 300 -> 350 of 400 (the mean of seeds is 0.75).
+    # Unequal points per seed: 50 of 100 and 300 of 300 -> 175 of 200 (the mean of seeds is 0.75).
     u = agg.loc["uneven"]
-    assert (u["clean_acc_hits"], u["clean_acc_points"]) == (350, 400)
-    assert (u["clean_acc_ci_low"], u["clean_acc_ci_high"]) == pytest.approx(wilson_interval(350, 400))
+    assert (u["clean_acc_hits"], u["clean_acc_points"]) == (175, 200)
+    assert (u["clean_acc_ci_low"], u["clean_acc_ci_high"]) == pytest.approx(wilson_interval(175, 200))
     assert np.isnan(u["robust_acc_ci_low"]) and np.isnan(u["robust_acc_points"])  # aa_n = 0: not attacked
     # An older row without point counts keeps its mean and gets no interval.
     o = agg.loc["old"]
     assert o["clean_acc_mean"] == pytest.approx(0.7) and np.isnan(o["clean_acc_ci_low"])
     one = agg.loc["one"]
     assert one["robust_acc_ci_low"] == 0.0 and one["robust_acc_ci_high"] == pytest.approx(wilson_interval(0, 50)[1])
-    assert pooled_interval([0.9, 0.8, None], [1000, 1000, 5])["points"] == 2000
+    assert pooled_interval([0.9, 0.8, None], [1000, 1000, 5])["points"] == 1000
 
     lb = lbd.leaderboard(_synthetic_runs())
     shown = lbd.display_table(lb).set_index("method")
-    assert shown.loc["m", "clean 95% CI"] == "[83.4, 86.5]" and shown.loc["m", "robust 95% CI"] == "[40.2, 49.9]"
-    assert shown.loc["m", "± clean"] == "± 7.1" and shown.loc["m", "attacked"] == 400
+    assert shown.loc["m", "clean 95% CI"] == "[82.7, 87.1]" and shown.loc["m", "robust 95% CI"] == "[38.3, 51.9]"
+    assert shown.loc["m", "± clean"] == "± 7.1" and shown.loc["m", "attacked"] == 200
     assert shown.loc["old", "clean 95% CI"] == ""
     export = lbd.export_table(lb).set_index("method")
     for c in ("clean_acc_ci_low", "clean_acc_ci_high", "robust_acc_ci_low", "robust_acc_ci_high", "n_seeds",
               "robust_acc_points", "clean_acc_points"):
         assert pd.api.types.is_numeric_dtype(export[c]), c
-    assert export.loc["m", "n_seeds"] == 2 and export.loc["m", "robust_acc_points"] == 400
+    assert export.loc["m", "n_seeds"] == 2 and export.loc["m", "robust_acc_points"] == 200
     csv = lbd.to_csv_bytes(lbd.export_table(lb)).decode().splitlines()[0].split(",")
     assert {"clean_acc_ci_low", "robust_acc_ci_high", "n_seeds", "robust_acc_points"} <= set(csv)
 
@@ -414,10 +415,10 @@ def test_bench_show_prints_mean_std_and_interval(tmp_path, capsys):
         write_row({k: v for k, v in row.items() if not (isinstance(v, float) and np.isnan(v))}, tmp_path)
     assert main(["show", "--results-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "85.0 ± 7.1 [83.4, 86.5]" in out and "45.0 ± 7.1 [40.2, 49.9]" in out
+    assert "85.0 ± 7.1 [82.7, 87.1]" in out and "45.0 ± 7.1 [38.3, 51.9]" in out
     assert "attacked pts" in out and "95% Wilson interval" in out and "mean ± std over seeds" in out
     line = next(x for x in out.splitlines() if " m " in f" {x} " and "85.0" in x)
-    assert " 2000 " in line and " 400 " in line
+    assert " 1000 " in line and " 200 " in line
     assert main(["show", "--all", "--results-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "90.0 [88.0, 91.7]" in out  # one run: its own interval over its 1,000 points
@@ -444,7 +445,8 @@ def test_curve_labels_come_from_the_rows_versions():
     assert pts.set_index("eps")["headline"].to_dict() == {0.05: False, 0.1: True, 0.2: False}
     assert pts.set_index("eps")["attack_set"][0.1] == "standard AutoAttack"
     # Other curve attacks, a CIFAR headline ε: the label follows the rows, nothing is assumed.
-    other = pd.DataFrame([_aa_row([("Linf", 2 / 255, "custom", "apgd-ce"), ("Linf", 8 / 255, "standard", "apgd-ce,apgd-t,fab-t,square"),
+    other = pd.DataFrame([_aa_row([("Linf", 2 / 255, "custom", "apgd-ce"),
+                                   ("Linf", 8 / 255, "standard", "apgd-ce,apgd-t,fab-t,square"),
                                    ("Linf", 4 / 255, "custom", "apgd-ce")], robust_eps=8 / 255)])
     assert lbd.curve_label(other, "aa_linf") == "APGD-CE L∞ (standard AutoAttack at ε=8/255)"
     # --aa-version standard everywhere; and plus.
@@ -616,8 +618,8 @@ def test_app_shows_intervals_honest_labels_track_and_paper(cifar_runs, monkeypat
     table = _table(at)
     assert set(table["method"]) == {"robust_lowrank", "vanilla_lowrank"}  # the paper's rows are not ranked
     rl = table[table["method"] == "robust_lowrank"].iloc[0]
-    assert rl["robust 95% CI"] == "[36.9, 41.2]"  # 400 + 380 of 2,000: Wilson [0.3689, 0.4116]
-    assert rl["attacked"] == 2000 and rl["cond_max raw"] == 9.0
+    assert rl["robust 95% CI"] == "[36.0, 42.1]"  # 400 and 380 of 1,000 each -> 390 of 1,000: Wilson [0.3601, 0.4207]
+    assert rl["attacked"] == 1000 and rl["cond_max raw"] == 9.0
     captions = " ".join(c.value for c in at.caption)
     assert "Robust accuracy: standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square) at ε=8/255" in captions
     assert "Robust accuracy is AutoAttack's" not in captions
