@@ -7,27 +7,33 @@ import os
 import sys
 
 
-def _add_run(sub):
-    p = sub.add_parser("run", help="train one method on a track, evaluate it, write one result row",
-                       description="Train one compression method on a track under the track's budget, "
-                                   "evaluate it (clean accuracy, AutoAttack, FGSM/PGD, conditioning, cost) "
-                                   "and write one parquet row to the results directory.")
-    p.add_argument("--method", "-m", required=True, help="registered method name (see `bench list`)")
+def _common_run_flags() -> argparse.ArgumentParser:
+    """The flags `bench run` and `bench sweep` share (an argparse parent: declared once)."""
+    p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--track", "-t", default="digits-cnn", help="track name (see `bench list --tracks`); default digits-cnn")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=float, default=None, help="override the track's epoch budget (may be fractional)")
     p.add_argument("--budget-seconds", type=float, default=None, help="wall-clock training budget instead of epochs")
-    p.add_argument("--compression", type=float, default=None,
-                   help="fraction of inference-form parameters removed, in [0, 1); default: the track's")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...; default: cuda when present")
     p.add_argument("--data-dir", default=None, help="data directory (default: $BENCH_DATA_DIR, then ./data)")
-    p.add_argument("--results-dir", default="results", help="where the parquet row goes (default ./results)")
+    p.add_argument("--results-dir", default="results", help="where the parquet rows go (default ./results)")
     p.add_argument("--n-eval", type=int, default=None, help="test points attacked (default: the track's)")
     p.add_argument("--aa-version", choices=("standard", "plus"), default=None,
                    help="force one AutoAttack version for every ε (default: the track's protocol)")
     p.add_argument("--no-attacks", action="store_true", help="skip all attacks (clean metrics only)")
-    p.add_argument("--batch-size", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    return p
+
+
+def _add_run(sub, common):
+    p = sub.add_parser("run", parents=[common], help="train one method on a track, evaluate it, write one result row",
+                       description="Train one compression method on a track under the track's budget, "
+                                   "evaluate it (clean accuracy, AutoAttack, FGSM/PGD, conditioning, cost) "
+                                   "and write one parquet row to the results directory.")
+    p.add_argument("--method", "-m", required=True, help="registered method name (see `bench list`)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compression", type=float, default=None,
+                   help="fraction of inference-form parameters removed, in [0, 1); default: the track's")
+    p.add_argument("--batch-size", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE",
                    help="method parameter, validated against the method's dataclass (repeatable)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -36,27 +42,19 @@ def _add_run(sub):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description="Benchmark compressed networks under adversarial attack.")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_run(sub)
+    common = _common_run_flags()
+    _add_run(sub, common)
     pl = sub.add_parser("list", help="list methods (or tracks, models)")
     g = pl.add_mutually_exclusive_group()
     g.add_argument("--tracks", action="store_true", help="list tracks")
     g.add_argument("--models", action="store_true", help="list model architectures")
-    pw = sub.add_parser("sweep", help="run a grid: methods x compressions x seeds on one track, skipping done runs")
+    pw = sub.add_parser("sweep", parents=[common],
+                        help="run a grid: methods x compressions x seeds on one track, skipping done runs")
     pw.add_argument("--methods", required=True,
                     help="comma-separated methods, each optionally with parameters: "
                          "'dense,robust_lowrank[mode=mean,kappa=2]'; or 'all'")
     pw.add_argument("--compressions", default=None, help="comma-separated targets (default: the track's)")
     pw.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
-    pw.add_argument("--track", "-t", default="digits-cnn")
-    pw.add_argument("--epochs", type=float, default=None)
-    pw.add_argument("--budget-seconds", type=float, default=None)
-    pw.add_argument("--device", default=None)
-    pw.add_argument("--data-dir", default=None)
-    pw.add_argument("--results-dir", default="results")
-    pw.add_argument("--n-eval", type=int, default=None)
-    pw.add_argument("--aa-version", choices=("standard", "plus"), default=None)
-    pw.add_argument("--no-attacks", action="store_true")
-    pw.add_argument("--threads", type=int, default=None)
     pw.add_argument("--rerun", action="store_true", help="run configurations that already have an ok row too")
     ps = sub.add_parser("show", help="print the results table")
     ps.add_argument("--results-dir", default=None, help="default: $BENCH_RESULTS_DIR, then ./results")
@@ -144,15 +142,9 @@ def cmd_sweep(args) -> int:
 
 
 def _params_dict(items: list[str]) -> dict:
-    from bench.method import ParamError
+    from bench.method import parse_assignments
 
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ParamError(f"--param expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
+    return parse_assignments(items)
 
 
 def _fmt(v, spec=".4f"):
@@ -239,7 +231,9 @@ def cmd_list(args) -> int:
 
 
 def results_dir_default(arg: str | None) -> str:
-    return arg or os.environ.get("BENCH_RESULTS_DIR") or "results"
+    from bench.results import resolve_results_dir
+
+    return str(resolve_results_dir(arg))
 
 
 def cmd_show(args) -> int:

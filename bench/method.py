@@ -101,21 +101,24 @@ class ParamError(ValueError):
     """A bad ``--param`` for a method; the message is meant for users."""
 
 
+def parse_assignments(items, what: str = "--param") -> dict[str, str]:
+    """``["key=value", ...]`` -> ``{"key": "value"}`` (stripped); ``what`` names the source in errors."""
+    out: dict[str, str] = {}
+    for item in items:
+        if "=" not in item:
+            raise ParamError(f"{what} expects KEY=VALUE, got {item.strip()!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
 def parse_params(params_cls: type, items: list[str] | dict[str, Any] | None):
     """Build ``params_cls`` from ``["key=value", ...]`` (CLI) or a dict, validating names and types."""
     if items is None:
         items = {}
     fields = {f.name: f for f in dataclasses.fields(params_cls)}
     hints = typing.get_type_hints(params_cls)
-    raw: dict[str, Any] = {}
-    if isinstance(items, dict):
-        raw = dict(items)
-    else:
-        for item in items:
-            if "=" not in item:
-                raise ParamError(f"--param expects key=value, got {item!r}")
-            k, v = item.split("=", 1)
-            raw[k.strip()] = v.strip()
+    raw: dict[str, Any] = dict(items) if isinstance(items, dict) else parse_assignments(items)
     values = {}
     for k, v in raw.items():
         if k not in fields:

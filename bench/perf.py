@@ -454,7 +454,9 @@ def cmd_perf(args) -> int:
             f"{aa['aa_n_attacked']} points attacked (the correctly classified ones)"
             + (" - none, so the ratio times only set-up" if not aa["aa_n_attacked"] else ""))
     if not args.no_write:
-        results_dir = args.results_dir or os.environ.get("BENCH_RESULTS_DIR") or "results"
+        from bench.results import resolve_results_dir
+
+        results_dir = str(resolve_results_dir(args.results_dir))
         path = write_perf_rows(rows, results_dir)
         log(f"written {path}")
     return 0

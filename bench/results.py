@@ -52,6 +52,12 @@ _LIST_INT = ("layer_ranks", "attacked_indices")
 _CURVES = ("fgsm_curve", "pgd_linf_curve", "pgd_l2_curve")
 
 
+def resolve_results_dir(arg: str | os.PathLike | None = None, env: dict | None = None) -> Path:
+    """The results directory: ``arg``, else ``$BENCH_RESULTS_DIR``, else ``./results``."""
+    env = os.environ if env is None else env
+    return Path(arg or env.get("BENCH_RESULTS_DIR") or "results")
+
+
 def schema_types() -> dict:
     """Column name -> pyarrow type for every declared column."""
     import pyarrow as pa

@@ -45,14 +45,9 @@ def _parse_one(item: str) -> MethodSpec:
     name, rest = item.split("[", 1)
     if not rest.endswith("]") or "[" in rest:
         raise ValueError(f"--methods: expected NAME[KEY=VALUE,...], got {item!r}")
-    params = {}
-    for kv in rest[:-1].split(","):
-        if not kv.strip():
-            continue
-        if "=" not in kv:
-            raise ValueError(f"--methods: expected KEY=VALUE inside [...] of {item!r}, got {kv.strip()!r}")
-        k, v = kv.split("=", 1)
-        params[k.strip()] = v.strip()
+    from bench.method import parse_assignments
+
+    params = parse_assignments([kv for kv in rest[:-1].split(",") if kv.strip()], what=f"--methods {item!r}")
     return name.strip(), params
 
 

@@ -156,17 +156,3 @@ def train(model: torch.nn.Module, method: Method, x_train: torch.Tensor, y_train
         images_per_second=images / train_seconds if train_seconds > 0 else float("nan"),
         final_lr=lr, last_loss=last_loss, stopped_by=stopped_by,
     )
-
-
-@torch.no_grad()
-def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, device, batch_size: int = 500) -> float:
-    """Top-1 accuracy in eval mode (pure: restores nothing because it changes nothing but the mode)."""
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for i in range(0, len(y), batch_size):
-        xb = x[i:i + batch_size].to(device)
-        yb = y[i:i + batch_size].to(device)
-        correct += int((model(xb).argmax(1) == yb).sum())
-    model.train(was_training)
-    return correct / max(len(y), 1)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.results import read_results, result_files
+from bench.results import read_results, resolve_results_dir, result_files
 from bench.summary import aggregate
 
 #: Columns the app reads beyond bench.results.REQUIRED_COLUMNS; absent ones are added as nulls.
@@ -76,8 +76,7 @@ class Loaded:
 
 
 def results_dir_from_env(env: dict | None = None) -> Path:
-    env = os.environ if env is None else env
-    return Path(env.get("BENCH_RESULTS_DIR") or "results")
+    return resolve_results_dir(None, env)
 
 
 def signature(results_dir: str | os.PathLike) -> tuple:
