@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -230,14 +229,6 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def export_merged(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` in its inference form: every low-rank layer replaced by :meth:`merged`."""
-    out = copy.deepcopy(model)
-    for name, mod in lowrank_layers(out):
-        replace_module(out, name, mod.merged())
-    return out
-
-
 # --------------------------------------------------------------------------------------------
 # matched compression: one rank plan for every low-rank method
 # --------------------------------------------------------------------------------------------
@@ -276,6 +267,12 @@ def classifier_name(model: nn.Module) -> str | None:
 def _matrix_shape(mod: nn.Module) -> tuple[int, int]:
     w = mod.weight
     return int(w.shape[0]), int(w[0].numel())
+
+
+def plan_compression(model: nn.Module, compression: float) -> RankPlan:
+    """The rank plan every low-rank method shares: :func:`plan_ranks` with the classifier kept dense."""
+    keep = classifier_name(model)
+    return plan_ranks(model, compression, keep_dense=[keep] if keep else [])
 
 
 def plan_ranks(model: nn.Module, compression: float, *, keep_dense: Iterable[str] = (), tol: float = 0.01,

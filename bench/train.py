@@ -19,6 +19,10 @@ class BudgetError(ValueError):
     pass
 
 
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite; the runner records the run as failed with this reason."""
+
+
 @dataclass
 class Budget:
     """Either a number of epochs (may be fractional), or wall-clock training seconds, or both (first reached wins)."""
@@ -136,8 +140,12 @@ def train(model: torch.nn.Module, method: Method, x_train: torch.Tensor, y_train
             else:
                 progress_frac = frac_steps
             method.post_step(model, min(progress_frac, 1.0))
-            if step % 20 == 0 or progress_frac >= 1.0:
+            if step % 20 == 0 or progress_frac >= 1.0:  # the loss is read (a host sync) every 20 steps
                 last_loss = float(loss.detach())
+                if not math.isfinite(last_loss):
+                    bar.close()
+                    raise DivergedError(f"training diverged: loss {last_loss} at step {step} "
+                                        f"(epoch {step / steps_per_epoch:.2f}, lr {lr:.3g})")
                 bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.3g}", refresh=False)
             bar.update(1)
             if total_steps is not None and step >= total_steps:
@@ -150,6 +158,8 @@ def train(model: torch.nn.Module, method: Method, x_train: torch.Tensor, y_train
     train_seconds = time.perf_counter() - t0
     bar.close()
     last_loss = float(loss.detach())
+    if not math.isfinite(last_loss):
+        raise DivergedError(f"training diverged: loss {last_loss} at the last step {step}")
     model.eval()
     return TrainStats(
         steps=step, epochs=step / steps_per_epoch, images=images, train_seconds=train_seconds,

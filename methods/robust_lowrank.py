@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from bench.condlr import ManifoldSGD, orthonormalize_layer_
-from bench.lowrank import (classifier_name, is_factorizable, lowrank_from_dense, lowrank_layers, plan_ranks,
-                           replace_module)
+from bench.lowrank import is_factorizable, lowrank_from_dense, lowrank_layers, plan_compression, replace_module
 from bench.method import BuildContext, Method, OptimHP
 from bench.registry import register_method
 
@@ -47,8 +46,7 @@ class RobustLowRank(Method):
         # it counts as dense, and the bound κ ≤ kappa then holds for every weight layer of the
         # network, not only the compressed ones. (Grouped convolutions would stay unconstrained;
         # no built-in model has one.)
-        keep = [classifier_name(model)]
-        self.plan = plan_ranks(model, ctx.compression, keep_dense=[k for k in keep if k])
+        self.plan = plan_compression(model, ctx.compression)
         for name, mod in list(model.named_modules()):
             if name and is_factorizable(mod):
                 rank = self.plan.ranks.get(name, min(mod.weight.shape[0], mod.weight[0].numel()))

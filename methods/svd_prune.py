@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.lowrank import classifier_name, lowrank_from_dense, plan_ranks, replace_module
+from bench.lowrank import lowrank_from_dense, plan_compression, replace_module
 from bench.method import BuildContext, Method, OptimHP
 from bench.registry import register_method
 
@@ -33,8 +33,7 @@ class SVDPrune(Method):
     Params = SVDPruneParams
 
     def build(self, model, ctx: BuildContext):
-        keep = classifier_name(model)
-        self.plan = plan_ranks(model, ctx.compression, keep_dense=[keep] if keep else [])
+        self.plan = plan_compression(model, ctx.compression)
         self.truncated = False
         self._optimizer = None
         return model

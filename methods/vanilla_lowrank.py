@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from bench.lowrank import classifier_name, lowrank_from_dense, plan_ranks, replace_module
+from bench.lowrank import lowrank_from_dense, plan_compression, replace_module
 from bench.method import BuildContext, Method
 from bench.registry import register_method
 
@@ -26,8 +26,7 @@ class VanillaLowRank(Method):
     Params = VanillaParams
 
     def build(self, model, ctx: BuildContext):
-        keep = classifier_name(model)
-        self.plan = plan_ranks(model, ctx.compression, keep_dense=[keep] if keep else [])
+        self.plan = plan_compression(model, ctx.compression)
         usv = self.params.form == "usv"
         for name, rank in self.plan.ranks.items():
             new = lowrank_from_dense(model.get_submodule(name), rank, with_s=usv, split="usv" if usv else "balanced",

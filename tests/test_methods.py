@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.compression import inference_param_count
-from bench.lowrank import (LowRankConv2d, LowRankLinear, classifier_name, export_merged, layer_condition,
+from bench.lowrank import (LowRankConv2d, LowRankLinear, classifier_name, layer_condition,
                            lowrank_layers, plan_ranks)
 from bench.method import BuildContext, OptimHP
+from bench.metrics.cost import inference_form
 from bench.models import build_model
 from bench.registry import METHODS
 from bench.train import Budget, train
@@ -106,7 +107,7 @@ def test_condlr_invariants_hold_after_every_step(mode, kappa):
     method.finalize(model)
     assert max(layer_condition(layer) for _, layer in layers) <= bound * (1 + 1e-5)
     # the network equals the dense network built from U S Vᵀ (= its merged inference form)
-    merged = export_merged(model).eval()
+    merged = inference_form(model).eval()
     model.eval()
     with torch.no_grad():
         assert torch.allclose(model(x), merged(x), atol=1e-5)

@@ -72,3 +72,16 @@ def test_crop_flip_is_a_shift_of_the_padded_image():
             for cand in [padded[i, :, dy:dy + 8, dx:dx + 8]]
         )
         assert found
+
+
+def test_a_diverging_run_stops_with_the_reason():
+    import pytest
+
+    from bench.train import DivergedError
+
+    torch.manual_seed(0)
+    m = build_model("digits_cnn")
+    x, y = _data()
+    with pytest.raises(DivergedError, match=r"training diverged: loss (nan|inf) at step 20"):
+        train(m, Method(), x, y, hp=OptimHP(lr=1e12, momentum=0.9, weight_decay=0.0), budget=Budget(epochs=10),
+              batch_size=8, seed=0, device=torch.device("cpu"), progress=False)
