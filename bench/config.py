@@ -72,7 +72,8 @@ class Track:
     #: the model's input normalisation: "data" (the training split's channel mean/std), "none"
     #: (inputs used as [0, 1] pixels), or explicit ((mean per channel), (std per channel))
     normalization: str | tuple[tuple[float, ...], tuple[float, ...]] = "data"
-    #: keep only the first N images of the official training split (before the validation split)
+    #: keep only N images of the official training split, the first of each class in file order
+    #: (bench.data.balanced_first), before the validation split
     train_subset: int | None = None
     #: the published setting this track reproduces ("" for none), and what it changes from it
     #: ("" = nothing: architecture, initialisation, optimizer, schedule and split are the paper's)

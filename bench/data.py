@@ -71,12 +71,34 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     return Path("data")
 
 
+def balanced_first(y, n: int, *, what: str = "the training split"):
+    """Indices of the first images of each class, ``n`` in total (as even as possible: the first
+    ``n mod classes`` classes get one more), in file order. A subset track's images; applied to
+    a split that already is such a subset of size ``n`` it returns all of it, so a prepared
+    subset file (``benchmarks/gpu_check/prepare.py``) and the full data set give the same images."""
+    import numpy as np
+
+    y = np.asarray(y).reshape(-1)
+    if not 0 < n <= len(y):
+        raise DataError(f"{what}: {n} images wanted, the split has {len(y)}")
+    classes = np.unique(y)
+    per, extra = divmod(n, len(classes))
+    idx = []
+    for i, c in enumerate(classes):
+        k = per + (1 if i < extra else 0)
+        got = np.flatnonzero(y == c)[:k]
+        if len(got) < k:
+            raise DataError(f"{what}: class {c} has {len(got)} images, {k} wanted")
+        idx.append(got)
+    return np.sort(np.concatenate(idx))
+
+
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, val_fraction: float = 0.25,
                  download: bool = True, train_subset: int | None = None) -> DataSplits:
     """Load data set ``name`` and split off a fixed validation set from its training split.
 
-    ``train_subset``: keep only the first N images of the official training split (before the
-    validation split), for subset tracks; an error when the split holds fewer.
+    ``train_subset``: keep only N images of the official training split, the first of each class
+    (:func:`balanced_first`), before the validation split; an error when the split holds fewer.
     """
     import torch
 
@@ -94,9 +116,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, val_fr
     else:
         xtr, ytr, xte, yte, source = _find(name, root, download)
     if train_subset is not None:
-        if not 0 < train_subset <= len(ytr):
-            raise DataError(f"train_subset={train_subset} but {name} has {len(ytr)} training images")
-        xtr, ytr = xtr[:train_subset], ytr[:train_subset]
+        idx = balanced_first(ytr, train_subset, what=f"{name} (train_subset={train_subset})")
+        xtr, ytr = xtr[idx], ytr[idx]
     xtr_t, ytr_t = _to_tensors(xtr, ytr)
     xte_t, yte_t = _to_tensors(xte, yte)
     n_val = int(round(len(ytr_t) * val_fraction))

@@ -86,11 +86,11 @@ _BUILTIN = [
     ),
     Track(
         name="cifar10-vgg16-subset", dataset="cifar10", arch="vgg16",
-        description=f"CIFAR-10 first 15,000 training images, {_VGG}; SGD lr 0.05, momentum 0.45, crop+flip, "
+        description=f"CIFAR-10 15,000 training images (the first 1,500 of each class), {_VGG}; SGD lr 0.05, momentum 0.45, crop+flip, "
                     "10 epochs",
         lr=0.05, momentum=0.45, augment="crop_flip", normalization=_CIFAR_NORM, compression=0.5,
         train_subset=15000, eval=_CIFAR_EVAL, reference=_PAPER_REF,
-        differs="first 15,000 of 50,000 training images (11,250 after the 25% hold-out); 10 epochs "
+        differs="15,000 of 50,000 training images, the first 1,500 of each class (11,250 after the 25% hold-out); 10 epochs "
                 "instead of 120 (lr x0.3 at the same fractions); for the GPU check",
         **{**_PAPER, "epochs": 10},
     ),

@@ -115,3 +115,23 @@ def test_real_mnist(shared_data_dir):
     assert (len(d.y_train), len(d.y_val), len(d.y_test)) == (45000, 15000, 10000)
     mean, std = d.channel_stats()
     assert mean[0] == pytest.approx(0.1307, abs=0.003) and std[0] == pytest.approx(0.3081, abs=0.003)
+
+
+def test_train_subset_is_the_first_images_of_each_class_and_stable_under_resubsetting(shared_data_dir, tmp_path):
+    import numpy as np
+
+    from bench.data import DataError, balanced_first, load_dataset
+
+    with np.load(shared_data_dir / "mnist.npz") as z:
+        y_all = z["y_train"].reshape(-1)
+    idx = balanced_first(y_all, 1003)
+    counts = np.bincount(y_all[idx], minlength=10)
+    assert counts.tolist() == [101, 101, 101] + [100] * 7
+    for c in range(10):  # the first images of the class, in file order
+        assert idx[y_all[idx] == c].tolist() == np.flatnonzero(y_all == c)[:counts[c]].tolist()
+    # a prepared subset file holds exactly those images: subsetting it again keeps all of them
+    assert balanced_first(y_all[idx], 1003).tolist() == list(range(1003))
+    data = load_dataset("mnist", shared_data_dir, val_fraction=0.2, train_subset=1003)
+    assert len(data.y_train) + len(data.y_val) == 1003
+    with pytest.raises(DataError, match="60000"):
+        load_dataset("mnist", shared_data_dir, train_subset=60001)

@@ -47,17 +47,14 @@ def default_source() -> Path:
 
 
 def stratified_first(y: np.ndarray, n: int) -> np.ndarray:
-    """Indices of the first images of each class, ``n`` in total (as even as possible), in file order."""
-    classes = np.unique(y)
-    per, extra = divmod(n, len(classes))
-    idx = []
-    for i, c in enumerate(classes):
-        k = per + (1 if i < extra else 0)
-        got = np.flatnonzero(y == c)[:k]
-        if len(got) < k:
-            raise SystemExit(f"class {c} has only {len(got)} images, {k} wanted")
-        idx.append(got)
-    return np.sort(np.concatenate(idx))
+    """The subset track's images: :func:`bench.data.balanced_first` (the first of each class)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from bench.data import DataError, balanced_first
+
+    try:
+        return balanced_first(y, n)
+    except DataError as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 def write_subset(source: Path, out: Path, n_train: int, n_test: int | None) -> dict:
