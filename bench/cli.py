@@ -110,6 +110,9 @@ def cmd_sweep(args) -> int:
                      device=args.device, data_dir=args.data_dir, results_dir=args.results_dir, n_eval=args.n_eval,
                      aa_version=args.aa_version, skip_attacks=args.no_attacks, num_threads=args.threads,
                      progress=sys.stderr.isatty())
+    from bench.results import check_writable
+
+    check_writable(args.results_dir)
     cfgs = []
     seen = set()
     for cfg in expand(base, methods, comps, seeds):

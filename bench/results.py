@@ -129,6 +129,30 @@ def _table(row: dict[str, Any]):
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=meta))
 
 
+class ResultsDirError(ValueError):
+    """The results directory cannot take a row (found before a run starts, not after it trained)."""
+
+
+def check_writable(results_dir: str | os.PathLike, min_free_mb: float = 50.0) -> Path:
+    """Create ``results_dir`` if needed and check that a file can be written there and that at
+    least ``min_free_mb`` MB are free; raise :class:`ResultsDirError` saying what is wrong."""
+    import shutil
+
+    d = Path(results_dir)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".write-check-", dir=d)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise ResultsDirError(f"results directory {str(d)!r} is not writable: {exc.strerror or exc}") from exc
+    free_mb = shutil.disk_usage(d).free / 2 ** 20
+    if free_mb < min_free_mb:
+        raise ResultsDirError(f"results directory {str(d)!r}: only {free_mb:.0f} MB free on its disk "
+                              f"(at least {min_free_mb:.0f} MB wanted for rows and AutoAttack state)")
+    return d
+
+
 def write_row(row: dict[str, Any], results_dir: str | os.PathLike) -> Path:
     """Write one run's row to ``<results_dir>/<track>__<method>__<run_id>.parquet`` atomically."""
     import pyarrow.parquet as pq

@@ -16,7 +16,7 @@ from typing import Any
 from bench.config import RunConfig, Track
 from bench.method import BuildContext, Method, OptimHP, parse_params, params_id, params_to_dict
 from bench.registry import METHODS, TRACKS
-from bench.results import new_run_id, write_row
+from bench.results import check_writable, new_run_id, write_row
 
 
 class RunError(RuntimeError):
@@ -152,6 +152,7 @@ def run(cfg: RunConfig, *, prepared: Prepared | None = None, log=print) -> tuple
     from bench.train import Budget, train
 
     p = prepared or prepare(cfg)
+    check_writable(cfg.results_dir)  # before hours of training, not after
     track = p.track
     device = resolve_device(cfg.device)
     if cfg.num_threads:

@@ -86,3 +86,13 @@ def test_sweep_runs_a_grid_and_skips_what_is_done(tmp_path, run_bench):
     again = run_bench(*args)
     assert again.returncode == 0 and "3 already done, 0 to run" in again.stdout
     assert len(read_results(tmp_path)) == 3
+
+
+def test_an_unwritable_results_dir_is_found_before_training(tmp_path, run_bench):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    # 50 epochs would take minutes: the check must come first (timeout 60 s)
+    for cmd in (["run", "--method", "dense", "--quiet"], ["sweep", "--methods", "dense"]):
+        r = run_bench(*cmd, "--epochs", "50", "--results-dir", str(blocker / "results"), timeout=60)
+        assert r.returncode == 2, r.stderr
+        assert "is not writable" in r.stderr and "a_file" in r.stderr
