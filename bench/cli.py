@@ -21,6 +21,8 @@ def _common_run_flags() -> argparse.ArgumentParser:
                    help="force one AutoAttack version for every ε (default: the track's protocol)")
     p.add_argument("--no-attacks", action="store_true", help="skip all attacks (clean metrics only)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--deterministic", action="store_true",
+                   help="PyTorch's deterministic algorithms (an op without one is an error); recorded in the row")
     return p
 
 
@@ -79,6 +81,7 @@ def cmd_run(args) -> int:
         compression=args.compression, device=args.device, data_dir=args.data_dir,
         results_dir=args.results_dir, n_eval=args.n_eval, aa_version=args.aa_version,
         skip_attacks=args.no_attacks, batch_size=args.batch_size, num_threads=args.threads,
+        deterministic=args.deterministic,
         progress=not args.quiet and sys.stderr.isatty(),
     )
     prepared = runner.prepare(cfg)
@@ -109,6 +112,7 @@ def cmd_sweep(args) -> int:
     base = RunConfig(method=methods[0][0], track=args.track, epochs=args.epochs, budget_seconds=args.budget_seconds,
                      device=args.device, data_dir=args.data_dir, results_dir=args.results_dir, n_eval=args.n_eval,
                      aa_version=args.aa_version, skip_attacks=args.no_attacks, num_threads=args.threads,
+                     deterministic=args.deterministic,
                      progress=sys.stderr.isatty())
     from bench.results import check_writable
 

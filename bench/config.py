@@ -122,6 +122,8 @@ class RunConfig:
     skip_attacks: bool = False  # clean metrics only (fast smoke runs)
     batch_size: int | None = None
     num_threads: int | None = None
+    #: torch.use_deterministic_algorithms(True) for the run (and CUBLAS_WORKSPACE_CONFIG on CUDA)
+    deterministic: bool = False
     progress: bool = True
 
     def to_json(self) -> str:

@@ -49,6 +49,7 @@ INT_COLUMNS = ("seed", "n_params", "n_params_dense", "n_test", "n_train", "n_val
 _LIST_STR = ("layer_names", "layer_shapes", "layer_kinds", "aa_flags", "layer_folded")
 _LIST_FLOAT = ("layer_kappa", "layer_spectral_norm", "layer_kappa_raw", "layer_spectral_norm_raw")
 _LIST_INT = ("layer_ranks", "attacked_indices")
+_BOOL = ("deterministic",)
 _CURVES = ("fgsm_curve", "pgd_linf_curve", "pgd_l2_curve")
 
 
@@ -62,7 +63,7 @@ def schema_types() -> dict:
     """Column name -> pyarrow type for every declared column."""
     import pyarrow as pa
 
-    t: dict = {}
+    t: dict = {c: pa.bool_() for c in _BOOL}
     t.update({c: pa.string() for c in _STR})
     t.update({c: pa.float64() for c in FLOAT_COLUMNS})
     t.update({c: pa.int64() for c in INT_COLUMNS})

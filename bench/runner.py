@@ -157,6 +157,10 @@ def run(cfg: RunConfig, *, prepared: Prepared | None = None, log=print) -> tuple
     device = resolve_device(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
+    if cfg.deterministic:
+        # cuBLAS needs this before its first call to be deterministic; harmless elsewhere
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(bool(cfg.deterministic))  # set either way: a sweep runs many configs
     run_id = new_run_id()
     resolved = {
         "run": json.loads(cfg.to_json()),
@@ -173,7 +177,7 @@ def run(cfg: RunConfig, *, prepared: Prepared | None = None, log=print) -> tuple
         "track": track.name, "track_description": track.summary(), "track_differs": track.differs,
         "dataset": track.dataset, "arch": track.arch, "seed": cfg.seed,
         "compression_target": p.compression, "device": str(device),
-        "budget_epochs": p.epochs, "budget_seconds": p.budget_seconds,
+        "budget_epochs": p.epochs, "budget_seconds": p.budget_seconds, "deterministic": bool(cfg.deterministic),
         "config_json": json.dumps(resolved, sort_keys=True, default=str),
     }
     row.update(provenance(device))

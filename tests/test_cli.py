@@ -96,3 +96,24 @@ def test_an_unwritable_results_dir_is_found_before_training(tmp_path, run_bench)
         r = run_bench(*cmd, "--epochs", "50", "--results-dir", str(blocker / "results"), timeout=60)
         assert r.returncode == 2, r.stderr
         assert "is not writable" in r.stderr and "a_file" in r.stderr
+
+
+def test_deterministic_is_applied_per_run_and_recorded(tmp_path):
+    import torch
+
+    from bench.cli import main
+
+    args = ["run", "--method", "dense", "--epochs", "0.1", "--no-attacks", "--quiet", "--threads", "1",
+            "--results-dir", str(tmp_path)]
+    threads = torch.get_num_threads()
+    try:
+        assert main(args + ["--deterministic"]) == 0
+        assert torch.are_deterministic_algorithms_enabled()
+        assert main(args + ["--seed", "1"]) == 0  # the next run of the same process is not
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.set_num_threads(threads)
+    rows = read_results(tmp_path).sort_values("seed")
+    assert rows["deterministic"].tolist() == [True, False]
+    assert [json.loads(c)["run"]["deterministic"] for c in rows["config_json"]] == [True, False]
