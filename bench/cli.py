@@ -320,8 +320,13 @@ def main(argv: list[str] | None = None) -> int:
 
     handlers = {"run": cmd_run, "sweep": cmd_sweep, "list": cmd_list, "show": cmd_show, "leaderboard": cmd_leaderboard,
                 "perf": __import__("bench.perf", fromlist=["cmd_perf"]).cmd_perf}
+    from bench.method import Interrupted
+
     try:
         return handlers[args.command](args)
+    except Interrupted as exc:
+        print(f"interrupted: {exc}; run the same command again to resume", file=sys.stderr)
+        return 143
     except (RegistryError, ParamError, DataError, ValueError) as exc:  # bench.train.BudgetError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2

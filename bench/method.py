@@ -82,6 +82,15 @@ class Method:
     def finalize(self, model) -> None:
         return None
 
+    def checkpoint_state(self) -> dict:
+        """What a checkpoint must keep of this method beyond the model's and optimizer's state dicts
+        (torch tensors, numbers, strings, lists and dicts of them). Default: nothing."""
+        return {}
+
+    def restore_checkpoint_state(self, state: dict, model) -> None:
+        """Bring the method (and, for a method that changes the model's structure during training,
+        the model and the optimizer's parameters) back to ``state`` before the state dicts are loaded."""
+
     def describe(self, model) -> dict:
         """Extra JSON-able facts for the result row (e.g. ``{"ranks": {...}}``)."""
         return {}
@@ -97,6 +106,10 @@ class Method:
 
 
 # -- parameters --------------------------------------------------------------
+class Interrupted(RuntimeError):
+    """Training stopped on SIGTERM after writing a checkpoint; rerunning the same command resumes."""
+
+
 class ParamError(ValueError):
     """A bad ``--param`` for a method; the message is meant for users."""
 

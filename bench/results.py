@@ -45,7 +45,7 @@ FLOAT_COLUMNS = (
 )
 INT_COLUMNS = ("seed", "n_params", "n_params_dense", "n_test", "n_train", "n_val", "steps", "n_nonzero",
                "flops_per_example", "latency_repeats", "latency_batch_size", "sensitivity_points", "aa_n",
-               "pgd_steps")
+               "pgd_steps", "resumed_from_step")
 _LIST_STR = ("layer_names", "layer_shapes", "layer_kinds", "aa_flags", "layer_folded")
 _LIST_FLOAT = ("layer_kappa", "layer_spectral_norm", "layer_kappa_raw", "layer_spectral_norm_raw")
 _LIST_INT = ("layer_ranks", "attacked_indices")

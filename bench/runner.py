@@ -149,7 +149,7 @@ def run(cfg: RunConfig, *, prepared: Prepared | None = None, log=print) -> tuple
     from bench.data import load_dataset
     from bench.evaluate import EvalContext, evaluate
     from bench.models import build_model
-    from bench.train import Budget, train
+    from bench.train import Budget, Checkpointing, Interrupted, train
 
     p = prepared or prepare(cfg)
     check_writable(cfg.results_dir)  # before hours of training, not after
@@ -203,16 +203,20 @@ def run(cfg: RunConfig, *, prepared: Prepared | None = None, log=print) -> tuple
         ctx = BuildContext(compression=p.compression, example_input=example, total_steps=total_steps, seed=cfg.seed)
         model = method.build(dense, ctx).to(device)
         hp = OptimHP(lr=track.lr, momentum=track.momentum, weight_decay=track.weight_decay, nesterov=track.nesterov)
+        ckpt_path = checkpoint_path(cfg.results_dir, resolved)
         stats = train(model, method, data.x_train, data.y_train, hp=hp,
                       budget=Budget(epochs=p.epochs, seconds=p.budget_seconds), batch_size=batch_size,
                       lr_milestones=track.lr_milestones, lr_gamma=track.lr_gamma, augment=track.augment,
-                      seed=cfg.seed, device=device, progress=cfg.progress)
+                      seed=cfg.seed, device=device, progress=cfg.progress,
+                      checkpoint=Checkpointing(ckpt_path))
+        if stats.resumed_from_step:
+            log(f"  resumed training from the checkpoint at step {stats.resumed_from_step} ({ckpt_path.name})")
         method.finalize(model)
         model.eval()
         row.update({
             "epochs": stats.epochs, "steps": stats.steps, "train_seconds": stats.train_seconds,
             "images_per_second": stats.images_per_second, "stopped_by": stats.stopped_by,
-            "final_train_loss": stats.last_loss,
+            "final_train_loss": stats.last_loss, "resumed_from_step": stats.resumed_from_step,
         })
         row["n_params"] = inference_param_count(model)
         row["compression"] = compression_of(row["n_params"], row["n_params_dense"])
@@ -231,13 +235,39 @@ def run(cfg: RunConfig, *, prepared: Prepared | None = None, log=print) -> tuple
                            dense_factory=lambda: build_model(track.arch, **model_kwargs),
                            progress=cfg.progress, seed=cfg.seed)
         row.update(evaluate(model, data, track.eval, ectx))
-    except KeyboardInterrupt:
-        raise
+    except (KeyboardInterrupt, Interrupted):
+        raise  # no row: the checkpoint (and AutoAttack state) stay for the rerun
     except Exception as exc:  # noqa: BLE001 - recorded as a failed row, then re-raised for the caller
         row["status"] = "failed"
         row["error"] = f"{type(exc).__name__}: {exc}"
         row["traceback"] = traceback.format_exc()
         path = write_row(row, cfg.results_dir)
+        _drop_checkpoint(cfg.results_dir, resolved)
         raise RunError(row["error"], row, path) from exc
     path = write_row(row, cfg.results_dir)
+    _drop_checkpoint(cfg.results_dir, resolved)
     return row, path
+
+
+def checkpoint_path(results_dir, resolved: dict) -> Path:
+    """``<results_dir>/.ckpt/<track>__<method>__<hash>.pt``: the hash covers everything that decides
+    the trained weights (track, method and parameters, compression, seed, budget, batch size), so a
+    rerun with the same flags finds its checkpoint and a changed one never resumes a wrong one."""
+    import hashlib
+
+    run = resolved["run"]
+    ident = {k: resolved[k] for k in ("track", "method_params", "epochs", "budget_seconds", "compression_target",
+                                      "batch_size")}
+    ident.update(method=run["method"], seed=run["seed"])
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    name = f"{resolved['track']['name']}__{run['method']}__{digest}.pt"
+    return Path(results_dir) / ".ckpt" / "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def _drop_checkpoint(results_dir, resolved: dict) -> None:
+    path = checkpoint_path(results_dir, resolved)
+    path.unlink(missing_ok=True)
+    try:
+        path.parent.rmdir()  # only when empty
+    except OSError:
+        pass

@@ -6,13 +6,14 @@ more epochs or seconds than the budget, because only this loop steps."""
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from bench.method import Method, OptimHP
+from bench.method import Interrupted, Method, OptimHP  # Interrupted lives there: the CLI catches it torch-free
 
 
 class BudgetError(ValueError):
@@ -49,6 +50,7 @@ class TrainStats:
     final_lr: float
     last_loss: float
     stopped_by: str  # 'epochs' | 'seconds'
+    resumed_from_step: int = 0  # 0: trained from scratch; else the checkpoint's step it continued from
 
 
 def synchronize(device: torch.device) -> None:
@@ -85,10 +87,61 @@ def augment_batch(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Ten
     return xp[idx_n, idx_c, rows[:, None, :, None], cols[:, None, None, :]]
 
 
+@dataclass
+class Checkpointing:
+    """Where and how often :func:`train` keeps a checkpoint (written atomically: temp file + rename).
+
+    A checkpoint holds the model's, the optimizer's and the method's state, the data-order and
+    augmentation generator, torch's global RNG (dropout), the position in the epoch and the time
+    spent, so a run resumed from it continues exactly as if it had not stopped (bit for bit on a
+    CPU with the same thread count). It is written every ``every_steps`` steps and at the end of
+    every epoch, and on SIGTERM at the next step boundary (then :class:`Interrupted` is raised).
+    """
+
+    path: str | os.PathLike
+    every_steps: int | None = None
+
+
+
+
+def _save_checkpoint(path, state: dict) -> None:
+    import os
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path) -> dict | None:
+    """The checkpoint at ``path`` (tensors only: ``weights_only=True``), or None when there is none."""
+    from pathlib import Path
+
+    if not Path(path).exists():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def train(model: torch.nn.Module, method: Method, x_train: torch.Tensor, y_train: torch.Tensor, *,
           hp: OptimHP, budget: Budget, batch_size: int, lr_milestones=(), lr_gamma: float = 1.0,
-          augment: str = "none", seed: int = 0, device: torch.device, progress: bool = True) -> TrainStats:
-    """Train ``model`` in place within ``budget``. Data order and augmentation depend only on ``seed``."""
+          augment: str = "none", seed: int = 0, device: torch.device, progress: bool = True,
+          checkpoint: Checkpointing | None = None) -> TrainStats:
+    """Train ``model`` in place within ``budget``. Data order and augmentation depend only on ``seed``.
+
+    With ``checkpoint``, an existing checkpoint file is resumed from (``TrainStats.resumed_from_step``)
+    and a new one is kept as training goes (see :class:`Checkpointing`); the caller deletes it
+    once the run's result is safe.
+    """
+    import signal
+
     from tqdm.auto import tqdm
 
     n = len(y_train)
@@ -102,67 +155,117 @@ def train(model: torch.nn.Module, method: Method, x_train: torch.Tensor, y_train
     gen = torch.Generator().manual_seed(seed)
     x_dev = x_train.to(device)
     y_dev = y_train.to(device)
-    model.train()
 
-    bar = tqdm(total=total_steps, disable=not progress, desc="train", unit="step", leave=False,
-               dynamic_ncols=True)
     step = 0
     images = 0
-    last_loss = float("nan")
     progress_frac = 0.0
+    spent = 0.0  # training seconds before this process (a resumed run)
+    perm, pos = None, steps_per_epoch  # the epoch's data order and the next batch in it
+    resumed_from = 0
+    saved = load_checkpoint(checkpoint.path) if checkpoint is not None else None
+    if saved is not None:
+        method.restore_checkpoint_state(saved["method"], model)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        gen.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        if device.type == "cuda" and saved.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(saved["cuda_rng"], device)
+        step, images, spent = int(saved["step"]), int(saved["images"]), float(saved["train_seconds"])
+        progress_frac, pos = float(saved["progress"]), int(saved["pos"])
+        perm = saved["perm"].to(device) if saved.get("perm") is not None else None
+        resumed_from = step
+    model.train()
+
+    sigterm = {"hit": False}
+    old_handler = None
+    if checkpoint is not None:
+        def _on_term(signum, frame):  # noqa: ARG001
+            sigterm["hit"] = True
+        try:
+            old_handler = signal.signal(signal.SIGTERM, _on_term)
+        except ValueError:  # not the main thread: no handler, checkpoints still written
+            old_handler = None
+
+    def save(elapsed: float) -> None:
+        _save_checkpoint(checkpoint.path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "method": method.checkpoint_state(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "step": step, "images": images, "train_seconds": spent + elapsed, "progress": progress_frac,
+            "pos": pos, "perm": perm.cpu() if perm is not None else None,
+        })
+
+    bar = tqdm(total=total_steps, initial=step, disable=not progress, desc="train", unit="step", leave=False,
+               dynamic_ncols=True)
+    last_loss = float("nan")
+    loss = None
     lr = hp.lr
     stopped_by = "epochs"
     synchronize(device)
     t0 = time.perf_counter()
-    elapsed = 0.0
-    done = False
-    while not done:
-        perm = torch.randperm(n, generator=gen).to(device)
-        for i in range(steps_per_epoch):
-            lr = lr_at(progress_frac, hp.lr, lr_milestones, lr_gamma)
-            for g in optimizer.param_groups:
-                g["lr"] = lr * g["lr_scale"]
-            idx = perm[i * batch_size:(i + 1) * batch_size]
-            xb = augment_batch(x_dev[idx], augment, gen)
-            yb = y_dev[idx]
-            optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(xb), yb)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            images += len(idx)
-            # post_step sees the progress *after* this step, so a schedule can reach 1.0 exactly
-            frac_steps = step / total_steps if total_steps else 0.0
-            if budget.seconds is not None:
-                synchronize(device)
-                elapsed = time.perf_counter() - t0
-                progress_frac = max(frac_steps, elapsed / budget.seconds)
-            else:
-                progress_frac = frac_steps
-            method.post_step(model, min(progress_frac, 1.0))
-            if step % 20 == 0 or progress_frac >= 1.0:  # the loss is read (a host sync) every 20 steps
-                last_loss = float(loss.detach())
-                if not math.isfinite(last_loss):
-                    bar.close()
-                    raise DivergedError(f"training diverged: loss {last_loss} at step {step} "
-                                        f"(epoch {step / steps_per_epoch:.2f}, lr {lr:.3g})")
-                bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.3g}", refresh=False)
-            bar.update(1)
-            if total_steps is not None and step >= total_steps:
-                done, stopped_by = True, "epochs"
-                break
-            if budget.seconds is not None and elapsed >= budget.seconds:
-                done, stopped_by = True, "seconds"
-                break
+    elapsed = spent
+    done = (total_steps is not None and step >= total_steps) or (budget.seconds is not None and spent >= budget.seconds)
+    try:
+        while not done:
+            if pos >= steps_per_epoch:
+                perm, pos = torch.randperm(n, generator=gen).to(device), 0
+            while pos < steps_per_epoch:
+                lr = lr_at(progress_frac, hp.lr, lr_milestones, lr_gamma)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr * g["lr_scale"]
+                idx = perm[pos * batch_size:(pos + 1) * batch_size]
+                xb = augment_batch(x_dev[idx], augment, gen)
+                yb = y_dev[idx]
+                optimizer.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model(xb), yb)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                pos += 1
+                images += len(idx)
+                # post_step sees the progress *after* this step, so a schedule can reach 1.0 exactly
+                frac_steps = step / total_steps if total_steps else 0.0
+                if budget.seconds is not None:
+                    synchronize(device)
+                    elapsed = spent + time.perf_counter() - t0
+                    progress_frac = max(frac_steps, elapsed / budget.seconds)
+                else:
+                    progress_frac = frac_steps
+                method.post_step(model, min(progress_frac, 1.0))
+                if step % 20 == 0 or progress_frac >= 1.0:  # the loss is read (a host sync) every 20 steps
+                    last_loss = float(loss.detach())
+                    if not math.isfinite(last_loss):
+                        raise DivergedError(f"training diverged: loss {last_loss} at step {step} "
+                                            f"(epoch {step / steps_per_epoch:.2f}, lr {lr:.3g})")
+                    bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.3g}", refresh=False)
+                bar.update(1)
+                if total_steps is not None and step >= total_steps:
+                    done, stopped_by = True, "epochs"
+                elif budget.seconds is not None and elapsed >= budget.seconds:
+                    done, stopped_by = True, "seconds"
+                if checkpoint is not None and not done and (
+                        pos >= steps_per_epoch or sigterm["hit"]
+                        or (checkpoint.every_steps and step % checkpoint.every_steps == 0)):
+                    synchronize(device)
+                    save(time.perf_counter() - t0)
+                    if sigterm["hit"]:
+                        raise Interrupted(f"SIGTERM: checkpoint written at step {step} to {checkpoint.path}")
+                if done:
+                    break
+    finally:
+        bar.close()
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
     synchronize(device)
-    train_seconds = time.perf_counter() - t0
-    bar.close()
-    last_loss = float(loss.detach())
-    if not math.isfinite(last_loss):
+    train_seconds = spent + time.perf_counter() - t0
+    if loss is not None:
+        last_loss = float(loss.detach())
+    if not math.isfinite(last_loss) and loss is not None:
         raise DivergedError(f"training diverged: loss {last_loss} at the last step {step}")
     model.eval()
     return TrainStats(
         steps=step, epochs=step / steps_per_epoch, images=images, train_seconds=train_seconds,
         images_per_second=images / train_seconds if train_seconds > 0 else float("nan"),
-        final_lr=lr, last_loss=last_loss, stopped_by=stopped_by,
+        final_lr=lr, last_loss=last_loss, stopped_by=stopped_by, resumed_from_step=resumed_from,
     )

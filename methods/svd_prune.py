@@ -63,6 +63,13 @@ class SVDPrune(Method):
                 _swap_params(self._optimizer, list(old.parameters()), list(new.parameters()))
         self.truncated = True
 
+    def checkpoint_state(self) -> dict:
+        return {"truncated": self.truncated}
+
+    def restore_checkpoint_state(self, state: dict, model) -> None:
+        if state.get("truncated") and not self.truncated:
+            self.truncate(model)  # the factors' values come from the model state dict loaded next
+
     def describe(self, model) -> dict:
         d = self.plan.describe() if hasattr(self, "plan") else {}
         d["switch"] = self.params.switch

@@ -117,3 +117,45 @@ def test_deterministic_is_applied_per_run_and_recorded(tmp_path):
     rows = read_results(tmp_path).sort_values("seed")
     assert rows["deterministic"].tolist() == [True, False]
     assert [json.loads(c)["run"]["deterministic"] for c in rows["config_json"]] == [True, False]
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_a_killed_bench_run_resumes_from_its_checkpoint_to_the_same_result(tmp_path, sig):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import _bench_exe
+
+    args = ["run", "--method", "robust_lowrank", "--epochs", "12", "--no-attacks", "--threads", "1", "--quiet"]
+    env = {k: v for k, v in os.environ.items() if k != "BENCH_RESULTS_DIR"}
+
+    def bench(results, **kw):
+        return subprocess.run(_bench_exe() + args + ["--results-dir", str(results)], capture_output=True,
+                              text=True, env=env, timeout=600, **kw)
+
+    assert bench(tmp_path / "whole").returncode == 0
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(_bench_exe() + args + ["--results-dir", str(cut)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not list((cut / ".ckpt").glob("*.pt")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before its first checkpoint: make it longer"
+    proc.send_signal(getattr(signal, sig))
+    out, err = proc.communicate(timeout=120)
+    if sig == "SIGTERM":  # a checkpoint at the next step, a clear message, no row
+        assert proc.returncode == 143 and "run the same command again to resume" in err
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    assert list((cut / ".ckpt").glob("*.pt")) and not list(cut.glob("*.parquet"))
+    r = bench(cut)
+    assert r.returncode == 0, r.stderr
+    assert "resumed training from the checkpoint" in r.stdout
+    whole, resumed = read_results(tmp_path / "whole").iloc[0], read_results(cut).iloc[0]
+    assert resumed["resumed_from_step"] > 0 and whole["resumed_from_step"] == 0
+    for c in ("final_train_loss", "clean_acc", "val_acc", "cond_max", "log10_cond_prod", "lipschitz_upper"):
+        assert resumed[c] == whole[c], c  # the same weights, bit for bit
+    assert not (cut / ".ckpt").exists()  # dropped once the row is written

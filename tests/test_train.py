@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from bench.method import Method, OptimHP
@@ -85,3 +86,66 @@ def test_a_diverging_run_stops_with_the_reason():
     with pytest.raises(DivergedError, match=r"training diverged: loss (nan|inf) at step 20"):
         train(m, Method(), x, y, hp=OptimHP(lr=1e12, momentum=0.9, weight_decay=0.0), budget=Budget(epochs=10),
               batch_size=8, seed=0, device=torch.device("cpu"), progress=False)
+
+
+class _Kill(Exception):
+    pass
+
+
+def _killing(method, at_step):
+    """``method`` whose post_step raises once the trainer has made ``at_step`` steps (a crash)."""
+    calls = {"n": 0}
+    inner = method.post_step
+
+    def post_step(model, progress):
+        inner(model, progress)
+        calls["n"] += 1
+        if calls["n"] == at_step:
+            raise _Kill(at_step)
+
+    method.post_step = post_step
+    return method
+
+
+def _build(name):
+    from bench.method import BuildContext
+    from bench.registry import METHODS
+
+    torch.manual_seed(0)
+    cls = METHODS.get(name)
+    method = cls()
+    model = method.build(build_model("digits_cnn"), BuildContext(compression=0.5 if cls.compresses else 0.0,
+                                                                 example_input=torch.zeros(1, 1, 8, 8),
+                                                                 total_steps=16, seed=0))
+    return method, model
+
+
+def _fit(method, model, ckpt=None):
+    from bench.train import Checkpointing
+
+    x, y = _data()
+    return train(model, method, x, y, hp=OptimHP(lr=0.05, momentum=0.9, weight_decay=5e-4),
+                 budget=Budget(epochs=4), batch_size=32, seed=3, device=torch.device("cpu"), progress=False,
+                 checkpoint=Checkpointing(ckpt, every_steps=3) if ckpt else None)
+
+
+@pytest.mark.parametrize("name", ["dense", "pruning", "svd_prune", "robust_lowrank"])
+def test_a_run_killed_midway_resumes_to_the_same_weights(name, tmp_path, one_thread):
+    method, model = _build(name)
+    _fit(method, model)
+    method.finalize(model)
+    want = model.state_dict()
+
+    ckpt = tmp_path / "run.pt"
+    method, model = _build(name)
+    with pytest.raises(_Kill):  # killed after step 11: the last checkpoint is step 9
+        _fit(_killing(method, 11), model, ckpt)
+    assert ckpt.exists()
+    method, model = _build(name)  # a fresh process: everything rebuilt from the config
+    stats = _fit(method, model, ckpt)
+    method.finalize(model)
+    assert stats.resumed_from_step == 9 and stats.steps == 16
+    got = model.state_dict()
+    assert got.keys() == want.keys()
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
