@@ -94,12 +94,14 @@ class Checkpointing:
     A checkpoint holds the model's, the optimizer's and the method's state, the data-order and
     augmentation generator, torch's global RNG (dropout), the position in the epoch and the time
     spent, so a run resumed from it continues exactly as if it had not stopped (bit for bit on a
-    CPU with the same thread count). It is written every ``every_steps`` steps and at the end of
-    every epoch, and on SIGTERM at the next step boundary (then :class:`Interrupted` is raised).
+    CPU with the same thread count). It is written at the end of every epoch, every
+    ``every_steps`` steps and every ``every_seconds`` of training (a long epoch), and on SIGTERM at
+    the next step boundary (then :class:`Interrupted` is raised).
     """
 
     path: str | os.PathLike
     every_steps: int | None = None
+    every_seconds: float | None = 600.0
 
 
 
@@ -204,6 +206,7 @@ def train(model: torch.nn.Module, method: Method, x_train: torch.Tensor, y_train
     stopped_by = "epochs"
     synchronize(device)
     t0 = time.perf_counter()
+    last_save = t0
     elapsed = spent
     done = (total_steps is not None and step >= total_steps) or (budget.seconds is not None and spent >= budget.seconds)
     try:
@@ -246,9 +249,11 @@ def train(model: torch.nn.Module, method: Method, x_train: torch.Tensor, y_train
                     done, stopped_by = True, "seconds"
                 if checkpoint is not None and not done and (
                         pos >= steps_per_epoch or sigterm["hit"]
-                        or (checkpoint.every_steps and step % checkpoint.every_steps == 0)):
+                        or (checkpoint.every_steps and step % checkpoint.every_steps == 0)
+                        or (checkpoint.every_seconds and time.perf_counter() - last_save >= checkpoint.every_seconds)):
                     synchronize(device)
                     save(time.perf_counter() - t0)
+                    last_save = time.perf_counter()
                     if sigterm["hit"]:
                         raise Interrupted(f"SIGTERM: checkpoint written at step {step} to {checkpoint.path}")
                 if done:
