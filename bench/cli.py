@@ -21,6 +21,8 @@ def _common_run_flags() -> argparse.ArgumentParser:
                    help="force one AutoAttack version for every ε (default: the track's protocol)")
     p.add_argument("--no-attacks", action="store_true", help="skip all attacks (clean metrics only)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--models-dir", default=None,
+                   help="where trained models are kept for `bench eval` (default <results-dir>/.models)")
     p.add_argument("--deterministic", action="store_true",
                    help="PyTorch's deterministic algorithms (an op without one is an error); recorded in the row")
     return p
@@ -58,6 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("--compressions", default=None, help="comma-separated targets (default: the track's)")
     pw.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     pw.add_argument("--rerun", action="store_true", help="run configurations that already have an ok row too")
+    pe = sub.add_parser("eval", help="re-evaluate a stored model with the current protocol (no retraining)",
+                        description="Load the trained model of a run from the model store (its sha256 checked), "
+                                    "evaluate it with its track's current protocol and write a new row whose "
+                                    "parent_run_id names the run.")
+    pe.add_argument("run_id", help="the run's id (a unique prefix will do; `bench show --all` lists them)")
+    pe.add_argument("--results-dir", default="results")
+    pe.add_argument("--n-eval", type=int, default=None, help="test points attacked (default: the track's)")
+    pe.add_argument("--aa-version", choices=("standard", "plus"), default=None)
+    pe.add_argument("--no-attacks", action="store_true")
+    pe.add_argument("--device", default=None)
+    pe.add_argument("--data-dir", default=None)
+    pe.add_argument("--threads", type=int, default=None)
     ps = sub.add_parser("show", help="print the results table")
     ps.add_argument("--results-dir", default=None, help="default: $BENCH_RESULTS_DIR, then ./results")
     ps.add_argument("--track", default=None, help="only this track")
@@ -81,7 +95,7 @@ def cmd_run(args) -> int:
         compression=args.compression, device=args.device, data_dir=args.data_dir,
         results_dir=args.results_dir, n_eval=args.n_eval, aa_version=args.aa_version,
         skip_attacks=args.no_attacks, batch_size=args.batch_size, num_threads=args.threads,
-        deterministic=args.deterministic,
+        deterministic=args.deterministic, models_dir=args.models_dir,
         progress=not args.quiet and sys.stderr.isatty(),
     )
     prepared = runner.prepare(cfg)
@@ -112,7 +126,7 @@ def cmd_sweep(args) -> int:
     base = RunConfig(method=methods[0][0], track=args.track, epochs=args.epochs, budget_seconds=args.budget_seconds,
                      device=args.device, data_dir=args.data_dir, results_dir=args.results_dir, n_eval=args.n_eval,
                      aa_version=args.aa_version, skip_attacks=args.no_attacks, num_threads=args.threads,
-                     deterministic=args.deterministic,
+                     deterministic=args.deterministic, models_dir=args.models_dir,
                      progress=sys.stderr.isatty())
     from bench.results import check_writable
 
@@ -210,6 +224,17 @@ def format_summary(row: dict, path) -> str:
             lines.append(f"    ... {len(flags) - 5} more in the aa_flags column")
     lines.append(f"  written     {path}")
     return "\n".join(lines)
+
+
+def cmd_eval(args) -> int:
+    from bench import runner
+
+    row, path = runner.evaluate_stored(args.run_id, args.results_dir, n_eval=args.n_eval, aa_version=args.aa_version,
+                                       skip_attacks=args.no_attacks, device=args.device, data_dir=args.data_dir,
+                                       num_threads=args.threads, progress=sys.stderr.isatty())
+    print(f"re-evaluated run {row['parent_run_id']} (no retraining):")
+    print(format_summary(row, path))
+    return 0
 
 
 def cmd_list(args) -> int:
@@ -318,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.method import ParamError
     from bench.registry import RegistryError
 
-    handlers = {"run": cmd_run, "sweep": cmd_sweep, "list": cmd_list, "show": cmd_show, "leaderboard": cmd_leaderboard,
+    handlers = {"run": cmd_run, "eval": cmd_eval, "sweep": cmd_sweep, "list": cmd_list, "show": cmd_show, "leaderboard": cmd_leaderboard,
                 "perf": __import__("bench.perf", fromlist=["cmd_perf"]).cmd_perf}
     from bench.method import Interrupted
 

@@ -125,6 +125,8 @@ class RunConfig:
     #: torch.use_deterministic_algorithms(True) for the run (and CUBLAS_WORKSPACE_CONFIG on CUDA)
     deterministic: bool = False
     progress: bool = True
+    #: the model store (default <results_dir>/.models)
+    models_dir: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)

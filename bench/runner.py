@@ -146,7 +146,6 @@ def run(cfg: RunConfig, *, prepared: Prepared | None = None, log=print) -> tuple
     import torch
 
     from bench.compression import compression_of, inference_param_count
-    from bench.data import load_dataset
     from bench.evaluate import EvalContext, evaluate
     from bench.models import build_model
     from bench.train import Budget, Checkpointing, Interrupted, train
@@ -182,8 +181,7 @@ def run(cfg: RunConfig, *, prepared: Prepared | None = None, log=print) -> tuple
     }
     row.update(provenance(device))
     # A data set that cannot be found is a set-up error, not a failed run: no row is written.
-    data = load_dataset(track.dataset, cfg.data_dir, val_fraction=track.val_fraction,
-                        train_subset=track.train_subset)
+    data = load_dataset_for(track, cfg.data_dir)
     try:
         row["data_source"] = data.source
         row["n_train"] = int(len(data.y_train))
@@ -213,6 +211,7 @@ def run(cfg: RunConfig, *, prepared: Prepared | None = None, log=print) -> tuple
             log(f"  resumed training from the checkpoint at step {stats.resumed_from_step} ({ckpt_path.name})")
         method.finalize(model)
         model.eval()
+        row.update(store_model(model, method, cfg, run_id))
         row.update({
             "epochs": stats.epochs, "steps": stats.steps, "train_seconds": stats.train_seconds,
             "images_per_second": stats.images_per_second, "stopped_by": stats.stopped_by,
@@ -247,6 +246,134 @@ def run(cfg: RunConfig, *, prepared: Prepared | None = None, log=print) -> tuple
     path = write_row(row, cfg.results_dir)
     _drop_checkpoint(cfg.results_dir, resolved)
     return row, path
+
+
+def models_dir(cfg: RunConfig) -> Path:
+    """The model store: ``cfg.models_dir``, else ``<results_dir>/.models`` (git-ignored)."""
+    return Path(cfg.models_dir) if cfg.models_dir else Path(cfg.results_dir) / ".models"
+
+
+def store_model(model, method: Method, cfg: RunConfig, run_id: str) -> dict:
+    """Keep the trained model (state dict + the method's state, for ``torch.load(weights_only=True)``)
+    as ``<models dir>/<run_id>.pt``; the row's ``model_path`` (relative to the results directory
+    when inside it) and ``model_sha256``."""
+    import hashlib
+
+    import torch
+
+    from bench.train import _save_checkpoint
+
+    path = models_dir(cfg) / f"{run_id}.pt"
+    _save_checkpoint(path, {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                            "method": method.checkpoint_state(), "torch_version": str(torch.__version__)})
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    try:
+        shown = path.resolve().relative_to(Path(cfg.results_dir).resolve())
+    except ValueError:
+        shown = path.resolve()
+    return {"model_path": str(shown), "model_sha256": digest}
+
+
+def load_stored_model(parent: dict, results_dir, data, track: Track, *, device, log=print):
+    """Rebuild the trained model of result row ``parent`` from the model store (checking its sha256)."""
+    import hashlib
+
+    import torch
+
+    from bench.models import build_model
+
+    if not parent.get("model_path"):
+        raise ValueError(f"run {parent['run_id']} has no stored model (it was written before the model store "
+                         f"existed); rerun it with bench run to get one")
+    path = Path(parent["model_path"])
+    path = path if path.is_absolute() else Path(results_dir) / path
+    if not path.exists():
+        raise ValueError(f"run {parent['run_id']}: its model {path} is missing")
+    if hashlib.sha256(path.read_bytes()).hexdigest() != parent.get("model_sha256"):
+        raise ValueError(f"run {parent['run_id']}: {path} does not match the row's model_sha256 (changed or corrupt)")
+    stored = torch.load(path, map_location="cpu", weights_only=True)
+    resolved = json.loads(parent["config_json"])
+    method_cls = METHODS.get(parent["method"])
+    method: Method = method_cls(parse_params(method_cls.Params, resolved["method_params"]))
+    mean, std = input_normalization(track, data)
+    seed_everything(int(parent["seed"]))
+    dense = build_model(track.arch, num_classes=data.num_classes, in_channels=data.in_channels,
+                        image_size=data.image_size, mean=mean, std=std)
+    ctx = BuildContext(compression=float(resolved["compression_target"]), example_input=data.x_train[:1],
+                       total_steps=None, seed=int(parent["seed"]))
+    model = method.build(dense, ctx)
+    method.restore_checkpoint_state(stored["method"], model)
+    model.load_state_dict(stored["model"])
+    return model.to(device).eval(), method
+
+
+def evaluate_stored(run_id: str, results_dir="results", *, n_eval: int | None = None, aa_version: str | None = None,
+                    skip_attacks: bool = False, device: str | None = None, data_dir: str | None = None,
+                    num_threads: int | None = None, progress: bool = False, log=print) -> tuple[dict, Path]:
+    """Re-evaluate the stored model of run ``run_id`` (a unique prefix will do) with the track's
+    *current* protocol, without retraining; writes a new row whose ``parent_run_id`` names it and
+    which keeps the parent's training columns. Returns (row, path)."""
+    import torch
+
+    from bench.evaluate import EvalContext, evaluate
+    from bench.models import build_model
+    from bench.results import read_results
+
+    df = read_results(results_dir)
+    hits = df[df["run_id"].astype(str).str.startswith(run_id)] if len(df) else df
+    if len(hits) != 1:
+        raise ValueError(f"run id {run_id!r} matches {len(hits)} rows in {results_dir}"
+                         + (": give more characters" if len(hits) > 1 else ""))
+    parent = {k: (None if _is_na(v) else v) for k, v in hits.iloc[0].to_dict().items()}
+    if parent["status"] != "ok":
+        raise ValueError(f"run {parent['run_id']} failed; there is no trained model to evaluate")
+    check_writable(results_dir)
+    track: Track = TRACKS.get(parent["track"])
+    dev = resolve_device(device)
+    if num_threads:
+        torch.set_num_threads(int(num_threads))
+    resolved = json.loads(parent["config_json"])
+    data = load_dataset_for(track, data_dir)
+    model, _ = load_stored_model(parent, results_dir, data, track, device=dev, log=log)
+    n = track.eval.n_eval if n_eval is None else int(n_eval)
+    row = {k: v for k, v in parent.items() if k in _TRAINING_COLUMNS}
+    row.update(run_id=new_run_id(), status="ok", error=None, parent_run_id=parent["run_id"],
+               track_description=track.summary(), track_differs=track.differs, device=str(dev))
+    resolved["evaluated_from"] = parent["run_id"]
+    resolved["n_eval"], resolved["run"]["aa_version"], resolved["run"]["skip_attacks"] = n, aa_version, skip_attacks
+    row["config_json"] = json.dumps(resolved, sort_keys=True, default=str)
+    row.update(provenance(dev))
+    mean, std = input_normalization(track, data)
+    kwargs = dict(num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size,
+                  mean=mean, std=std)
+    state_dir = Path(results_dir) / ".state" / f"eval__{parent['run_id']}"
+    ectx = EvalContext(device=dev, n_eval=n, aa_version=aa_version, skip_attacks=skip_attacks, state_dir=state_dir,
+                       dense_factory=lambda: build_model(track.arch, **kwargs), progress=progress,
+                       seed=int(parent["seed"]))
+    row.update(evaluate(model, data, track.eval, ectx))
+    return row, write_row(row, results_dir)
+
+
+#: the columns a re-evaluation keeps from its parent: what training produced, not what evaluation measured
+_TRAINING_COLUMNS = (
+    "method", "method_params", "method_id", "track", "dataset", "arch", "seed", "compression_target",
+    "compression", "n_params", "n_params_dense", "budget_epochs", "budget_seconds", "deterministic", "epochs",
+    "steps", "train_seconds", "images_per_second", "stopped_by", "final_train_loss", "resumed_from_step",
+    "method_details", "data_source", "n_train", "n_val", "model_path", "model_sha256",
+)
+
+
+def _is_na(v) -> bool:
+    try:
+        return v is None or (isinstance(v, float) and v != v)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def load_dataset_for(track: Track, data_dir):
+    from bench.data import load_dataset
+
+    return load_dataset(track.dataset, data_dir, val_fraction=track.val_fraction, train_subset=track.train_subset)
 
 
 def checkpoint_path(results_dir, resolved: dict) -> Path:

@@ -159,3 +159,44 @@ def test_a_killed_bench_run_resumes_from_its_checkpoint_to_the_same_result(tmp_p
     for c in ("final_train_loss", "clean_acc", "val_acc", "cond_max", "log10_cond_prod", "lipschitz_upper"):
         assert resumed[c] == whole[c], c  # the same weights, bit for bit
     assert not (cut / ".ckpt").exists()  # dropped once the row is written
+
+
+@pytest.mark.parametrize("method", ["svd_prune", "pruning"])  # the two that change structure
+def test_bench_eval_reevaluates_the_stored_model_without_training(tmp_path, method, capsys):
+    import torch
+
+    from bench.cli import main
+
+    threads = torch.get_num_threads()
+    try:
+        assert main(["run", "--method", method, "--epochs", "2", "--no-attacks", "--quiet", "--threads", "1",
+                     "--results-dir", str(tmp_path)]) == 0
+        parent = read_results(tmp_path).iloc[0]
+        assert (tmp_path / parent["model_path"]).exists() and len(parent["model_sha256"]) == 64
+        assert main(["eval", parent["run_id"][:6], "--n-eval", "12", "--threads", "1",
+                     "--results-dir", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rows = read_results(tmp_path)
+    child = rows[rows["parent_run_id"] == parent["run_id"]].iloc[0]
+    assert "re-evaluated run" in capsys.readouterr().out
+    # the same weights: every clean and weight metric equal; now attacked, with no training done
+    for c in ("clean_acc", "val_acc", "cond_max", "n_params", "compression", "train_seconds", "final_train_loss"):
+        assert child[c] == parent[c], c
+    assert pd_notna(child["robust_acc"]) and child["aa_n"] == 12 and not pd_notna(parent["robust_acc"])
+    assert child["run_id"] != parent["run_id"] and json.loads(child["config_json"])["evaluated_from"] == parent["run_id"]
+
+    path = tmp_path / parent["model_path"]
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    path.write_bytes(bytes(blob))  # a changed model file is refused
+    assert main(["eval", parent["run_id"], "--no-attacks", "--results-dir", str(tmp_path)]) == 2
+    assert "does not match the row's model_sha256" in capsys.readouterr().err
+    assert main(["eval", "nosuchrun", "--results-dir", str(tmp_path)]) == 2
+    assert "matches 0 rows" in capsys.readouterr().err
+
+
+def pd_notna(v) -> bool:
+    import pandas as pd
+
+    return bool(pd.notna(v))
