@@ -118,7 +118,10 @@ def cmd_sweep(args) -> int:
     from bench import runner
     from bench.config import RunConfig
     from bench.registry import METHODS
-    from bench.sweep import Claim, config_key, done_keys, expand, parse_methods
+    import dataclasses
+    import time
+
+    from bench.sweep import Claim, config_key, done_keys, expand, parse_methods, sweep_id
 
     methods = [(m, {}) for m in METHODS.names()] if args.methods == "all" else parse_methods(args.methods)
     comps = [float(c) for c in args.compressions.split(",")] if args.compressions else [None]
@@ -140,18 +143,29 @@ def cmd_sweep(args) -> int:
             cfgs.append((cfg, key))
     done = set() if args.rerun else done_keys(args.results_dir)
     todo = [(c, k) for c, k in cfgs if k not in done]
-    print(f"bench sweep: {len(cfgs)} configurations, {len(cfgs) - len(todo)} already done, {len(todo)} to run",
+    sid = sweep_id([k for _, k in cfgs])
+    todo = [(dataclasses.replace(c, sweep_id=sid), k) for c, k in todo]
+    print(f"bench sweep {sid}: {len(cfgs)} configurations, {len(cfgs) - len(todo)} already done, {len(todo)} to run",
           flush=True)
-    failed = 0
+    failed = ran = skipped = 0
+    t_start = time.time()
     for i, (cfg, key) in enumerate(todo, 1):
+        if ran:
+            per_run = (time.time() - t_start) / ran
+            left = len(todo) - i + 1
+            eta = time.strftime("%H:%M", time.localtime(time.time() + per_run * left))
+            print(f"  progress: {ran - failed} done, {failed} failed, {skipped} skipped (elsewhere), {left} left; "
+                  f"{per_run / 60:.1f} min per run, ETA {eta} for this process alone", flush=True)
         params = "".join(f" {k}={v}" for k, v in sorted(cfg.method_params.items()))
         head = f"[{i}/{len(todo)}] {cfg.method}{params} compression={cfg.compression} seed={cfg.seed}"
         # Another sweep on the same results directory may have run or be running it meanwhile.
         with Claim(args.results_dir, key) as claim:
             if not claim.acquire() or (not args.rerun and key in done_keys(args.results_dir)):
                 print(f"{head}: done or running elsewhere, skipped", flush=True)
+                skipped += 1
                 continue
             print(head, flush=True)
+            ran += 1
             try:
                 row, path = runner.run(cfg)
                 print(f"    clean {row.get('clean_acc', float('nan')):.4f}  robust {_fmt(row.get('robust_acc'))}  "

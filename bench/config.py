@@ -127,6 +127,8 @@ class RunConfig:
     progress: bool = True
     #: the model store (default <results_dir>/.models)
     models_dir: str | None = None
+    #: the grid this run belongs to (set by bench sweep; see bench.sweep.sweep_id)
+    sweep_id: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)

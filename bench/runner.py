@@ -177,6 +177,7 @@ def run(cfg: RunConfig, *, prepared: Prepared | None = None, log=print) -> tuple
         "dataset": track.dataset, "arch": track.arch, "seed": cfg.seed,
         "compression_target": p.compression, "device": str(device),
         "budget_epochs": p.epochs, "budget_seconds": p.budget_seconds, "deterministic": bool(cfg.deterministic),
+        "sweep_id": cfg.sweep_id,
         "config_json": json.dumps(resolved, sort_keys=True, default=str),
     }
     row.update(provenance(device))

@@ -96,6 +96,15 @@ def config_key(cfg: RunConfig) -> tuple:
                 p.budget_seconds, p.n_eval, cfg.skip_attacks)
 
 
+def sweep_id(keys: list[tuple]) -> str:
+    """A stable id of a grid (its configurations' keys, in any order): the same grid rerun to continue
+    it, or run by a second process beside the first, writes the same ``sweep_id`` into its rows."""
+    import hashlib
+
+    blob = json.dumps(sorted(json.dumps(k, default=str) for k in keys))
+    return "sw-" + hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
 class Claim:
     """An exclusive claim on one configuration, so that sweeps started side by side on the same
     results directory (one per core, say) never run the same configuration twice.

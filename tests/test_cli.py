@@ -83,8 +83,13 @@ def test_sweep_runs_a_grid_and_skips_what_is_done(tmp_path, run_bench):
     df = read_results(tmp_path)
     assert sorted(df["method"]) == ["dense", "vanilla_lowrank", "vanilla_lowrank"]
     assert sorted(df["compression_target"]) == [0.0, 0.5, 0.8]
+    # every row names the grid; the progress line counts what is done and left
+    assert df["sweep_id"].nunique() == 1 and df["sweep_id"].iloc[0].startswith("sw-")
+    assert f"bench sweep {df['sweep_id'].iloc[0]}:" in r.stdout
+    assert "progress: 1 done, 0 failed, 0 skipped (elsewhere), 2 left" in r.stdout and "ETA" in r.stdout
     again = run_bench(*args)
     assert again.returncode == 0 and "3 already done, 0 to run" in again.stdout
+    assert f"bench sweep {df['sweep_id'].iloc[0]}:" in again.stdout  # the same grid, the same id
     assert len(read_results(tmp_path)) == 3
 
 
