@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--device", default=None)
     pe.add_argument("--data-dir", default=None)
     pe.add_argument("--threads", type=int, default=None)
+    px = sub.add_parser("export", help="write the results as RobustBench model-info JSON files, CSV or parquet")
+    px.add_argument("--format", choices=("robustbench", "csv", "parquet"), default="robustbench")
+    px.add_argument("--out", required=True, help="a folder (robustbench) or a file (csv, parquet)")
+    px.add_argument("--results-dir", default=None, help="default: $BENCH_RESULTS_DIR, then ./results")
+    px.add_argument("--track", default=None, help="only this track")
     ps = sub.add_parser("show", help="print the results table")
     ps.add_argument("--results-dir", default=None, help="default: $BENCH_RESULTS_DIR, then ./results")
     ps.add_argument("--track", default=None, help="only this track")
@@ -251,6 +256,16 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from bench.export import export
+
+    files = export(results_dir_default(args.results_dir), args.out, args.format, track=args.track)
+    print(f"bench export: {len(files)} file(s) under {args.out}")
+    for f in files[:20]:
+        print(f"  {f}")
+    return 0
+
+
 def cmd_list(args) -> int:
     from bench.registry import METHODS, MODELS, TRACKS
 
@@ -357,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.method import ParamError
     from bench.registry import RegistryError
 
-    handlers = {"run": cmd_run, "eval": cmd_eval, "sweep": cmd_sweep, "list": cmd_list, "show": cmd_show, "leaderboard": cmd_leaderboard,
+    handlers = {"run": cmd_run, "eval": cmd_eval, "export": cmd_export, "sweep": cmd_sweep, "list": cmd_list, "show": cmd_show, "leaderboard": cmd_leaderboard,
                 "perf": __import__("bench.perf", fromlist=["cmd_perf"]).cmd_perf}
     from bench.method import Interrupted
 

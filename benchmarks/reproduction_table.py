@@ -44,17 +44,10 @@ def _ms(vals, scale=100.0, spec=".1f") -> str:
     return f"{m:{spec}}" + (f" ± {statistics.stdev(vals) * scale:{spec}}" if len(vals) > 1 else "")
 
 
-def label(method: str, params_json: str, defaults: dict) -> str:
-    params = json.loads(params_json or "{}")
-    changed = {k: v for k, v in params.items() if defaults.get(k, object()) != v}
-    return method + ("[" + ",".join(f"{k}={v}" for k, v in sorted(changed.items())) + "]" if changed else "")
-
-
 def table(df, track) -> list[str]:
     import pandas as pd
 
-    from bench.method import params_to_dict
-    from bench.registry import METHODS
+    from bench.export import method_label
 
     ok = df[(df["status"] == "ok") & (df["track"] == track.name)]
     ev = track.eval
@@ -66,17 +59,13 @@ def table(df, track) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     groups = ok.groupby(["method", "method_params", "compression_target"], sort=True, dropna=False)
     for (method, params, target), g in groups:
-        try:
-            defaults = params_to_dict(METHODS.get(method).Params())
-        except Exception:  # noqa: BLE001 - a method no longer registered
-            defaults = {}
         lo, hi = _pooled(g["clean_acc"], g["n_test"])
         rob = [r for r in g["robust_acc"] if r is not None and not pd.isna(r)]
         rlo, rhi = _pooled(g["robust_acc"].fillna(0), g["aa_n"].fillna(0).astype(int)) if rob else (math.nan, math.nan)
-        row = [label(method, params, defaults), f"{target:g}" if not pd.isna(target) else "0", str(g["seed"].nunique()),
+        row = [method_label(method, json.loads(params or "{}")), f"{target:g}" if not pd.isna(target) else "0", str(g["seed"].nunique()),
                f"{_ms(g['clean_acc'], spec='.2f')} [{lo * 100:.2f}, {hi * 100:.2f}]",
                f"{_ms(g['robust_acc'])} [{rlo * 100:.1f}, {rhi * 100:.1f}]" if rob else "–",
-               str(int(g["aa_n"].fillna(0).sum()))]
+               str(int(g["aa_n"].fillna(0).max()))]
         row += [_ms([_curve_acc(c, e, "Linf") for c in g["aa_curve"]]) for e in curve_eps]
         row += [_ms([_curve_acc(c, e) for c in g["fgsm_curve"]]) for e in fgsm_eps]
         row += [_ms([_curve_acc(c, ev.headline_eps) for c in g["pgd_linf_curve"]])]

@@ -1,0 +1,160 @@
+"""``bench export``: the results table, or one RobustBench model-info JSON per configuration.
+
+RobustBench (Croce et al.) lists each model of its leaderboard as a JSON file,
+``model_info/<dataset>/<threat model>/<name>.json``, with the fields ``link``, ``name``,
+``authors``, ``additional_data``, ``number_forward_passes``, ``dataset``, ``venue``,
+``architecture``, ``eps`` (a string such as ``"8/255"``), ``clean_acc``, ``reported`` and
+``autoattack_acc`` (percent, as strings with two decimals), and optionally ``footnote`` and
+``unreliable``. ``--format robustbench`` writes one such file per configuration (track, method,
+parameters, compression target), the accuracies averaged over its seeds, under
+``<out>/model_info/<dataset>/Linf/``. ``reported`` is our own measured number (no paper reports
+these models); ``footnote`` says what RobustBench would not assume: how many seeds and test
+points, and which AutoAttack version. Our extra fields, which RobustBench's loader ignores:
+``compression``, ``compression_target``, ``method``, ``method_params``, ``track``,
+``track_differs``, ``n_params``, ``n_params_dense``, ``seeds``, ``run_ids``, ``weights_sha256``,
+``aa_points``, ``aa_version``, ``clean_acc_ci95``, ``autoattack_acc_ci95``, ``cond_max``,
+``git_commits``. Only configurations whose headline is the standard AutoAttack in Linf are
+exported. The ``robustbench`` package itself is not used (it does not import as published).
+
+``--format csv|parquet`` writes the aggregated table (``bench.summary.aggregate``) as one file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+FORMATS = ("robustbench", "csv", "parquet")
+
+
+def eps_text(eps: float) -> str:
+    """RobustBench's way of writing ε: ``"8/255"`` where ε is a multiple of 1/255, else the number."""
+    k = eps * 255
+    if abs(k - round(k)) < 1e-6 and round(k) > 0 and abs(eps - round(eps, 3)) > 1e-12:
+        return f"{round(k)}/255"
+    return f"{eps:g}"
+
+
+def method_label(method: str, params: dict) -> str:
+    """``method`` plus the parameters that differ from its defaults: ``robust_lowrank[mode=mean]``."""
+    from bench.method import params_to_dict
+    from bench.registry import METHODS
+
+    try:
+        defaults = params_to_dict(METHODS.get(method).Params())
+    except Exception:  # noqa: BLE001 - a method no longer registered: show every parameter
+        defaults = {}
+    changed = {k: v for k, v in params.items() if defaults.get(k, object()) != v}
+    return method + ("[" + ",".join(f"{k}={v}" for k, v in sorted(changed.items())) + "]" if changed else "")
+
+
+def _pct(v) -> str:
+    return f"{100 * float(v):.2f}"
+
+
+def _safe(s: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_.=" else "_" for ch in s)
+
+
+def robustbench_entries(runs: pd.DataFrame) -> list[tuple[str, str, dict]]:
+    """(dataset, file name, model-info dict) for every configuration with a standard-AutoAttack headline."""
+    from bench.summary import aggregate
+
+    ok = runs[(runs["status"] == "ok")].copy()
+    if ok.empty:
+        return []
+    if "aa_headline_version" in ok.columns:
+        ok = ok[ok["aa_headline_version"] == "standard"]
+    ok = ok[ok["robust_acc"].notna()] if "robust_acc" in ok.columns else ok.iloc[0:0]
+    if ok.empty:
+        return []
+    agg = aggregate(ok)
+    for c in ("method", "method_params", "track"):
+        ok[c] = ok[c].astype(object).where(ok[c].notna(), "")
+    ok["compression_target"] = pd.to_numeric(ok["compression_target"], errors="coerce")
+    out = []
+    for _, a in agg.iterrows():
+        g = ok[(ok["track"] == a["track"]) & (ok["method"] == a["method"]) & (ok["method_params"] == a["method_params"])
+               & (ok["compression_target"].sub(a["compression_target"]).abs() < 1e-9)]
+        first = g.iloc[0]
+        params = json.loads(a["method_params"] or "{}")
+        label = method_label(a["method"], params)
+        target = float(a["compression_target"])
+        name = f"{a['track']}__{label}__c{target:g}"
+        aa_n = int(pd.to_numeric(g["aa_n"], errors="coerce").max()) if "aa_n" in g else None
+        n_seeds = int(a["seeds"])
+        info = {
+            "link": "",
+            "name": f"{label} at compression {target:g} ({a['track']})",
+            "authors": "",
+            "additional_data": False,
+            "number_forward_passes": 1,
+            "dataset": str(first["dataset"]),
+            "venue": "robust-compression-bench",
+            "architecture": str(first["arch"]),
+            "eps": eps_text(float(a["robust_eps"])),
+            "clean_acc": _pct(a["clean_acc_mean"]),
+            "reported": _pct(a["robust_acc_mean"]),
+            "autoattack_acc": _pct(a["robust_acc_mean"]),
+            "footnote": (f"Mean over {n_seeds} seed(s). Standard AutoAttack on the first {aa_n} test points; clean "
+                         f"accuracy on the whole test split. Trained and measured by robust-compression-bench, "
+                         f"not reported by a paper."),
+            "unreliable": False,
+            # ours
+            "compression": float(a["compression_mean"]),
+            "compression_target": target,
+            "method": a["method"],
+            "method_params": params,
+            "track": a["track"],
+            "track_differs": str(first.get("track_differs") or "") if "track_differs" in g else "",
+            "n_params": int(a["n_params_mean"]),
+            "n_params_dense": int(first["n_params_dense"]),
+            "seeds": sorted(int(s) for s in g["seed"]),
+            "run_ids": sorted(str(r) for r in g["run_id"]),
+            "weights_sha256": sorted(str(s) for s in g["model_sha256"].dropna()) if "model_sha256" in g else [],
+            "aa_points": aa_n,
+            "aa_version": "standard",
+            "clean_acc_ci95": [_pct(a["clean_acc_ci_low"]), _pct(a["clean_acc_ci_high"])]
+            if not math.isnan(a["clean_acc_ci_low"]) else None,
+            "autoattack_acc_ci95": [_pct(a["robust_acc_ci_low"]), _pct(a["robust_acc_ci_high"])]
+            if not math.isnan(a["robust_acc_ci_low"]) else None,
+            "cond_max": float(a["cond_max_mean"]) if "cond_max_mean" in a and not pd.isna(a["cond_max_mean"]) else None,
+            "git_commits": sorted({str(c) for c in g["git_commit"].dropna()}) if "git_commit" in g else [],
+        }
+        out.append((str(first["dataset"]), _safe(name) + ".json", info))
+    return out
+
+
+def export(results_dir, out, fmt: str = "robustbench", *, track: str | None = None) -> list[Path]:
+    """Write the export; returns the files written. ``track`` keeps one track only."""
+    from bench.results import read_results
+    from bench.summary import aggregate
+
+    if fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    runs = read_results(results_dir)
+    if not runs.empty and track is not None:
+        runs = runs[runs["track"] == track]
+    if runs.empty:
+        raise ValueError(f"no result rows in {results_dir}" + (f" for track {track!r}" if track else ""))
+    out = Path(out)
+    if fmt in ("csv", "parquet"):
+        table = aggregate(runs)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "csv":
+            table.to_csv(out, index=False)
+        else:
+            table.to_parquet(out, index=False)
+        return [out]
+    written = []
+    for dataset, fname, info in robustbench_entries(runs):
+        path = out / "model_info" / dataset / "Linf" / fname
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(info, indent=2) + "\n")
+        written.append(path)
+    if not written:
+        raise ValueError("no configuration has a standard-AutoAttack Linf headline to export (attacks skipped?)")
+    return written
