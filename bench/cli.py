@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 
 def _common_run_flags() -> argparse.ArgumentParser:
@@ -60,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("--compressions", default=None, help="comma-separated targets (default: the track's)")
     pw.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     pw.add_argument("--rerun", action="store_true", help="run configurations that already have an ok row too")
+    pw.add_argument("--executor", choices=("local", "ray"), default="local",
+                    help="local: one configuration after another in this process; ray: one Ray task each")
+    pw.add_argument("--address", default=None, help="Ray: join this cluster (default: start a local instance)")
+    pw.add_argument("--cpus-per-run", type=float, default=1, help="Ray: CPUs each run asks for (default 1)")
+    pw.add_argument("--gpus-per-run", type=float, default=0, help="Ray: GPUs each run asks for (default 0)")
     pe = sub.add_parser("eval", help="re-evaluate a stored model with the current protocol (no retraining)",
                         description="Load the trained model of a run from the model store (its sha256 checked), "
                                     "evaluate it with its track's current protocol and write a new row whose "
@@ -120,13 +126,13 @@ def cmd_run(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from bench import runner
-    from bench.config import RunConfig
-    from bench.registry import METHODS
     import dataclasses
     import time
 
-    from bench.sweep import Claim, config_key, done_keys, expand, parse_methods, sweep_id
+    from bench.config import RunConfig
+    from bench.registry import METHODS
+    from bench.results import check_writable
+    from bench.sweep import config_key, done_keys, expand, parse_methods, sweep_id
 
     methods = [(m, {}) for m in METHODS.names()] if args.methods == "all" else parse_methods(args.methods)
     comps = [float(c) for c in args.compressions.split(",")] if args.compressions else [None]
@@ -136,8 +142,6 @@ def cmd_sweep(args) -> int:
                      aa_version=args.aa_version, skip_attacks=args.no_attacks, num_threads=args.threads,
                      deterministic=args.deterministic, models_dir=args.models_dir,
                      progress=sys.stderr.isatty())
-    from bench.results import check_writable
-
     check_writable(args.results_dir)
     cfgs = []
     seen = set()
@@ -152,33 +156,50 @@ def cmd_sweep(args) -> int:
     todo = [(dataclasses.replace(c, sweep_id=sid), k) for c, k in todo]
     print(f"bench sweep {sid}: {len(cfgs)} configurations, {len(cfgs) - len(todo)} already done, {len(todo)} to run",
           flush=True)
-    failed = ran = skipped = 0
+    counts = {"ok": 0, "failed": 0, "skipped": 0}
     t_start = time.time()
-    for i, (cfg, key) in enumerate(todo, 1):
-        if ran:
+
+    def report(cfg, summary) -> None:
+        counts[summary["status"]] += 1
+        what = f"{cfg.method}{_params_text(cfg)} compression={cfg.compression} seed={cfg.seed}"
+        if summary["status"] == "ok":
+            print(f"    {what}: clean {_fmt(summary.get('clean_acc'))}  robust {_fmt(summary.get('robust_acc'))}  "
+                  f"cond_max {_fmt(summary.get('cond_max'), '.3g')}  -> {Path(summary['file']).name}", flush=True)
+        elif summary["status"] == "failed":
+            print(f"    {what}: failed: {summary['error']}", file=sys.stderr, flush=True)
+        else:
+            print(f"    {what}: done or running elsewhere, skipped", flush=True)
+        ran = counts["ok"] + counts["failed"]
+        left = len(todo) - sum(counts.values())
+        line = (f"  progress: {counts['ok']} done, {counts['failed']} failed, {counts['skipped']} skipped "
+                f"(elsewhere), {left} left")
+        if ran and left:
             per_run = (time.time() - t_start) / ran
-            left = len(todo) - i + 1
-            eta = time.strftime("%H:%M", time.localtime(time.time() + per_run * left))
-            print(f"  progress: {ran - failed} done, {failed} failed, {skipped} skipped (elsewhere), {left} left; "
-                  f"{per_run / 60:.1f} min per run, ETA {eta} for this process alone", flush=True)
-        params = "".join(f" {k}={v}" for k, v in sorted(cfg.method_params.items()))
-        head = f"[{i}/{len(todo)}] {cfg.method}{params} compression={cfg.compression} seed={cfg.seed}"
-        # Another sweep on the same results directory may have run or be running it meanwhile.
-        with Claim(args.results_dir, key) as claim:
-            if not claim.acquire() or (not args.rerun and key in done_keys(args.results_dir)):
-                print(f"{head}: done or running elsewhere, skipped", flush=True)
-                skipped += 1
-                continue
-            print(head, flush=True)
-            ran += 1
-            try:
-                row, path = runner.run(cfg)
-                print(f"    clean {row.get('clean_acc', float('nan')):.4f}  robust {_fmt(row.get('robust_acc'))}  "
-                      f"cond_max {_fmt(row.get('cond_max'), '.3g')}  -> {path.name}", flush=True)
-            except runner.RunError as exc:
-                failed += 1
-                print(f"    failed: {exc}", file=sys.stderr, flush=True)
-    return 1 if failed else 0
+            eta = time.strftime("%H:%M", time.localtime(time.time() + per_run * left / max(1, parallel)))
+            line += f"; {per_run / 60:.1f} min per run, ETA {eta}"
+        print(line, flush=True)
+
+    if args.executor == "ray" and todo:
+        from bench.sweep import run_on_ray
+
+        parallel = max(1, int((os.cpu_count() or 1) // max(args.cpus_per_run, 1e-9)))
+        print(f"  executor: Ray ({args.address or 'a local instance'}), {args.cpus_per_run:g} CPU and "
+              f"{args.gpus_per_run:g} GPU per run", flush=True)
+        run_on_ray(todo, args.results_dir, address=args.address, cpus_per_run=args.cpus_per_run,
+                   gpus_per_run=args.gpus_per_run, rerun=args.rerun, on_result=report)
+    elif todo:
+        from bench.sweep import run_one
+
+        parallel = 1
+        for i, (cfg, key) in enumerate(todo, 1):
+            print(f"[{i}/{len(todo)}] {cfg.method}{_params_text(cfg)} compression={cfg.compression} seed={cfg.seed}",
+                  flush=True)
+            report(cfg, run_one(cfg, key, args.results_dir, args.rerun))
+    return 1 if counts["failed"] else 0
+
+
+def _params_text(cfg) -> str:
+    return "".join(f" {k}={v}" for k, v in sorted(cfg.method_params.items()))
 
 
 def _params_dict(items: list[str]) -> dict:

@@ -169,3 +169,90 @@ class Claim:
 
     def __exit__(self, *exc):
         self.release()
+
+
+# --------------------------------------------------------------------------------------------
+# executors: one configuration after another here, or one Ray task per configuration
+# --------------------------------------------------------------------------------------------
+def run_one(cfg: RunConfig, key: tuple, results_dir, rerun: bool = False) -> dict:
+    """Claim ``cfg``, skip it when done or running elsewhere, else run it. Returns a summary dict:
+    ``{"status": "ok" | "failed" | "skipped", "run_id", "clean_acc", "robust_acc", "cond_max", "error", "file"}``."""
+    from bench import runner
+
+    with Claim(results_dir, key) as claim:
+        if not claim.acquire() or (not rerun and key in done_keys(results_dir)):
+            return {"status": "skipped"}
+        try:
+            row, path = runner.run(cfg)
+        except runner.RunError as exc:
+            return {"status": "failed", "error": str(exc), "file": str(exc.path) if exc.path else None}
+        except Exception as exc:  # noqa: BLE001 - failed before the runner could write a row: write one here
+            path = write_failed_row(cfg, f"{type(exc).__name__}: {exc}")
+            return {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "file": str(path)}
+    return {"status": "ok", "run_id": row["run_id"], "clean_acc": row.get("clean_acc"),
+            "robust_acc": row.get("robust_acc"), "cond_max": row.get("cond_max"), "file": str(path)}
+
+
+def write_failed_row(cfg: RunConfig, error: str):
+    """A ``failed`` row for a configuration that failed outside the runner (a crashed worker, a bad device)."""
+    from bench.results import new_run_id, write_row
+
+    return write_row({"run_id": new_run_id(), "status": "failed", "error": error, "method": cfg.method,
+                      "method_params": json.dumps(cfg.method_params, sort_keys=True), "track": cfg.track,
+                      "seed": cfg.seed, "compression_target": cfg.compression, "sweep_id": cfg.sweep_id,
+                      "config_json": json.dumps({"run": json.loads(cfg.to_json())}, sort_keys=True)},
+                     cfg.results_dir)
+
+
+def _ray_task(cfg_dict: dict, key: tuple, results_dir: str, rerun: bool) -> dict:
+    return run_one(RunConfig(**cfg_dict), key, results_dir, rerun)
+
+
+def run_on_ray(todo: list[tuple[RunConfig, tuple]], results_dir, *, address: str | None = None,
+               cpus_per_run: float = 1, gpus_per_run: float = 0, rerun: bool = False,
+               on_result=None) -> list[dict]:
+    """One Ray task per configuration, each asking for ``cpus_per_run`` CPUs and ``gpus_per_run`` GPUs.
+
+    ``address`` joins a running cluster (``ray start --head`` …; the results directory must be on a
+    file system every node sees); without it a local Ray instance is started and stopped here. A
+    task whose worker dies is retried (twice) and resumes from its checkpoint; a configuration that
+    still fails gets a ``failed`` row. ``on_result(cfg, summary)`` is called as results arrive.
+    """
+    import os
+
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            # Ray starts its workers at niceness 15, which starves every run on a machine that is
+            # doing anything else; a local benchmark instance runs them at normal priority.
+            os.environ.setdefault("RAY_worker_niceness", "0")
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        started = True
+    try:
+        task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=2)(_ray_task)
+        refs = {}
+        for cfg, key in todo:
+            if cfg.num_threads is None and cfg.device in (None, "cpu"):
+                cfg = dataclasses.replace(cfg, num_threads=max(1, int(cpus_per_run)))
+            refs[task.remote(dataclasses.asdict(cfg), key, str(results_dir), rerun)] = cfg
+        out = []
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            cfg = refs[ready[0]]
+            try:
+                summary = ray.get(ready[0])
+            except Exception as exc:  # noqa: BLE001 - the worker died even after the retries
+                msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                summary = {"status": "failed", "error": msg, "file": str(write_failed_row(cfg, msg))}
+            out.append(summary)
+            if on_result is not None:
+                on_result(cfg, summary)
+        return out
+    finally:
+        if started:
+            ray.shutdown()
