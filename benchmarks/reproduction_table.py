@@ -2,7 +2,8 @@
 
 One line per (method, parameters, compression target), over the successful runs (seeds):
 clean accuracy on the whole test split and standard AutoAttack at the headline ε as mean ± seed
-std with a 95% Wilson interval over the pooled points (all seeds' points together), the
+std with a 95% Wilson interval over one seed's worth of points (every seed is evaluated on the
+same test points, so pooling them would overstate the precision; as ``bench show``), the
 APGD-CE + APGD-T curve, FGSM on the paper's grid, PGD, condition numbers (BN/input folded, and
 raw), and the cost of a run.
 
@@ -28,10 +29,10 @@ def _curve_acc(curve, eps: float, norm: str | None = None) -> float | None:
 
 
 def _pooled(accs, ns) -> tuple[float, float]:
-    from bench.metrics.accuracy import wilson_interval
+    from bench.summary import pooled_interval
 
-    k = sum(round(a * n) for a, n in zip(accs, ns))
-    return wilson_interval(k, sum(ns))
+    iv = pooled_interval(accs, ns)
+    return iv["ci_low"], iv["ci_high"]
 
 
 def _ms(vals, scale=100.0, spec=".1f") -> str:
@@ -61,7 +62,7 @@ def table(df, track) -> list[str]:
     for (method, params, target), g in groups:
         lo, hi = _pooled(g["clean_acc"], g["n_test"])
         rob = [r for r in g["robust_acc"] if r is not None and not pd.isna(r)]
-        rlo, rhi = _pooled(g["robust_acc"].fillna(0), g["aa_n"].fillna(0).astype(int)) if rob else (math.nan, math.nan)
+        rlo, rhi = _pooled(g["robust_acc"], g["aa_n"]) if rob else (math.nan, math.nan)
         row = [method_label(method, json.loads(params or "{}")), f"{target:g}" if not pd.isna(target) else "0", str(g["seed"].nunique()),
                f"{_ms(g['clean_acc'], spec='.2f')} [{lo * 100:.2f}, {hi * 100:.2f}]",
                f"{_ms(g['robust_acc'])} [{rlo * 100:.1f}, {rhi * 100:.1f}]" if rob else "–",

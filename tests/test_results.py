@@ -74,3 +74,27 @@ def test_value_that_breaks_a_declared_type_is_a_clear_error(tmp_path):
     with pytest.raises(ResultsError, match="column 'clean_acc'"):
         write_row(_row(clean_acc="high"), tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+def test_reproduction_table_matches_bench_show_on_the_committed_digits_rows(repo_root):
+    """benchmarks/reproduction_table.py (REPRODUCTION.md) and bench show (bench.summary) give the same
+    seed mean and the same Wilson interval, over one seed's worth of points, for the committed rows."""
+    import importlib.util
+
+    from bench.summary import pooled_interval
+
+    spec = importlib.util.spec_from_file_location("reproduction_table", repo_root / "benchmarks" / "reproduction_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    from bench.registry import TRACKS
+    import bench.tracks  # noqa: F401
+
+    df = read_results(repo_root / "results")
+    lines = mod.table(df, TRACKS.get("digits-cnn"))
+    dense = next(line for line in lines if line.startswith("| dense | 0 |"))
+    ok = df[(df["track"] == "digits-cnn") & (df["method"] == "dense") & (df["status"] == "ok")]
+    iv = pooled_interval(ok["robust_acc"], ok["aa_n"])
+    assert iv["points"] == 360  # one seed's worth, not 3 x 360
+    cell = dense.split(" | ")[4]
+    assert cell.startswith(f"{ok['robust_acc'].mean() * 100:.1f} ± ")
+    assert cell.endswith(f"[{iv['ci_low'] * 100:.1f}, {iv['ci_high'] * 100:.1f}]")
