@@ -395,6 +395,8 @@ def checkpoint_path(results_dir, resolved: dict) -> Path:
 def _drop_checkpoint(results_dir, resolved: dict) -> None:
     path = checkpoint_path(results_dir, resolved)
     path.unlink(missing_ok=True)
+    for partial in path.parent.glob(f".{path.name}.*.partial"):  # left by a writer killed mid-save
+        partial.unlink(missing_ok=True)
     try:
         path.parent.rmdir()  # only when empty
     except OSError:

@@ -113,7 +113,9 @@ def _save_checkpoint(path, state: dict) -> None:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
+    # The partial file must not look like a checkpoint (``*.pt``): a writer killed mid-save leaves
+    # it behind, and the next run resumes from ``path`` only.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     os.close(fd)
     try:
         torch.save(state, tmp)

@@ -146,7 +146,7 @@ def test_a_killed_bench_run_resumes_from_its_checkpoint_to_the_same_result(tmp_p
     proc = subprocess.Popen(_bench_exe() + args + ["--results-dir", str(cut)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while not list((cut / ".ckpt").glob("*.pt")) and time.time() < deadline and proc.poll() is None:
+    while not list((cut / ".ckpt").glob("[!.]*.pt")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
     assert proc.poll() is None, "the run ended before its first checkpoint: make it longer"
     proc.send_signal(getattr(signal, sig))
@@ -155,7 +155,7 @@ def test_a_killed_bench_run_resumes_from_its_checkpoint_to_the_same_result(tmp_p
         assert proc.returncode == 143 and "run the same command again to resume" in err
     else:
         assert proc.returncode == -signal.SIGKILL
-    assert list((cut / ".ckpt").glob("*.pt")) and not list(cut.glob("*.parquet"))
+    assert list((cut / ".ckpt").glob("[!.]*.pt")) and not list(cut.glob("*.parquet"))
     r = bench(cut)
     assert r.returncode == 0, r.stderr
     assert "resumed training from the checkpoint" in r.stdout
