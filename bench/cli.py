@@ -54,13 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tracks", action="store_true", help="list tracks")
     g.add_argument("--models", action="store_true", help="list model architectures")
     pw = sub.add_parser("sweep", parents=[common],
-                        help="run a grid: methods x compressions x seeds on one track, skipping done runs")
-    pw.add_argument("--methods", required=True,
+                        help="run a grid: tracks x methods x compressions x seeds, skipping done runs")
+    pw.add_argument("--file", "-f", default=None, metavar="GRID.toml",
+                    help="read the grid and any of these flags from a TOML file (flags given here win)")
+    pw.add_argument("--tracks", default=None, help="comma-separated tracks: one grid over all of them (instead of --track)")
+    pw.add_argument("--methods", default=None,
                     help="comma-separated methods, each optionally with parameters: "
                          "'dense,robust_lowrank[mode=mean,kappa=2]'; or 'all'")
     pw.add_argument("--compressions", default=None, help="comma-separated targets (default: the track's)")
     pw.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     pw.add_argument("--rerun", action="store_true", help="run configurations that already have an ok row too")
+    pw.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
+    pw.add_argument("--retry-failed", action="store_true",
+                    help="rerun configurations whose earlier runs all failed (skipped by default)")
     pw.add_argument("--executor", choices=("local", "ray"), default="local",
                     help="local: one configuration after another in this process; ray: one Ray task each")
     pw.add_argument("--address", default=None, help="Ray: join this cluster (default: start a local instance)")
@@ -93,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     plb.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     from bench import perf
     perf.add_parser(sub)
+    parser.sweep_parser = pw  # main() sets its defaults from a --file
     return parser
 
 
@@ -132,36 +139,59 @@ def cmd_sweep(args) -> int:
     from bench.config import RunConfig
     from bench.registry import METHODS
     from bench.results import check_writable
-    from bench.sweep import config_key, done_keys, expand, parse_methods, sweep_id
+    from bench.runner import prepare
+    from bench.sweep import expand, parse_methods, row_ids, sweep_id
 
+    if not args.methods:
+        raise ValueError("bench sweep: no methods: give --methods or `methods = [...]` in the --file")
     methods = [(m, {}) for m in METHODS.names()] if args.methods == "all" else parse_methods(args.methods)
-    comps = [float(c) for c in args.compressions.split(",")] if args.compressions else [None]
-    seeds = [int(s) for s in args.seeds.split(",")]
-    base = RunConfig(method=methods[0][0], track=args.track, epochs=args.epochs, budget_seconds=args.budget_seconds,
+    comps = [float(c) for c in str(args.compressions).split(",")] if args.compressions else [None]
+    seeds = [int(s) for s in str(args.seeds).split(",")]
+    tracks = [t.strip() for t in args.tracks.split(",") if t.strip()] if args.tracks else [args.track]
+    base = RunConfig(method=methods[0][0], track=tracks[0], epochs=args.epochs, budget_seconds=args.budget_seconds,
                      device=args.device, data_dir=args.data_dir, results_dir=args.results_dir, n_eval=args.n_eval,
                      aa_version=args.aa_version, skip_attacks=args.no_attacks, num_threads=args.threads,
                      deterministic=args.deterministic, models_dir=args.models_dir,
                      progress=sys.stderr.isatty())
-    check_writable(args.results_dir)
-    cfgs = []
-    seen = set()
-    for cfg in expand(base, methods, comps, seeds):
-        key = config_key(cfg)  # validates every config before the first run starts
-        if key not in seen:  # dense ignores the compression target: one run per seed
-            seen.add(key)
-            cfgs.append((cfg, key))
-    done = set() if args.rerun else done_keys(args.results_dir)
-    todo = [(c, k) for c, k in cfgs if k not in done]
-    sid = sweep_id([k for _, k in cfgs])
+    cfgs, keys, seen, comp_of = [], [], set(), {}
+    # Seed-major across tracks too: a grid stopped midway leaves whole seeds of every track.
+    grid = [c for s in seeds for t in tracks
+            for c in expand(dataclasses.replace(base, track=t), methods, comps, [s])]
+    for cfg in grid:
+        p = prepare(cfg)  # validates every config before the first run starts
+        cid = p.config_id()
+        if cid not in seen:  # dense ignores the compression target: one run per seed
+            seen.add(cid)
+            cfgs.append((cfg, cid))
+            keys.append(p.key())
+            comp_of[cid] = p.compression
+    have = {"ok": set(), "failed": set()} if args.rerun else row_ids(args.results_dir)
+    skip = have["ok"] | (set() if args.retry_failed else have["failed"])
+    todo = [(c, k) for c, k in cfgs if k not in skip]
+    n_failed_before = sum(k in have["failed"] for _, k in cfgs)
+    sid = sweep_id(keys)
     todo = [(dataclasses.replace(c, sweep_id=sid), k) for c, k in todo]
-    print(f"bench sweep {sid}: {len(cfgs)} configurations, {len(cfgs) - len(todo)} already done, {len(todo)} to run",
-          flush=True)
+    head = f"bench sweep {sid}: {len(cfgs)} configurations"
+    head += f" on {len(tracks)} tracks" if len(tracks) > 1 else ""
+    head += f", {sum(k in have['ok'] for _, k in cfgs)} already done"
+    if n_failed_before:
+        head += (f", {n_failed_before} failed before ({'rerun' if args.retry_failed else 'skipped'}; "
+                 f"{'' if args.retry_failed else '--retry-failed reruns them'})").replace("; )", ")")
+    print(f"{head}, {len(todo)} to run", flush=True)
+    if args.dry_run:
+        for cfg, key in todo:
+            print(f"  {key}  {cfg.track} {cfg.method}{_params_text(cfg)} compression={comp_of[key]:g} "
+                  f"seed={cfg.seed}")
+        return 0
+    check_writable(args.results_dir)
     counts = {"ok": 0, "failed": 0, "skipped": 0}
+    slots = {"n": 1}
     t_start = time.time()
 
     def report(cfg, summary) -> None:
         counts[summary["status"]] += 1
         what = f"{cfg.method}{_params_text(cfg)} compression={cfg.compression} seed={cfg.seed}"
+        what = f"{cfg.track} {what}" if len(tracks) > 1 else what
         if summary["status"] == "ok":
             print(f"    {what}: clean {_fmt(summary.get('clean_acc'))}  robust {_fmt(summary.get('robust_acc'))}  "
                   f"cond_max {_fmt(summary.get('cond_max'), '.3g')}  -> {Path(summary['file']).name}", flush=True)
@@ -171,29 +201,32 @@ def cmd_sweep(args) -> int:
             print(f"    {what}: done or running elsewhere, skipped", flush=True)
         ran = counts["ok"] + counts["failed"]
         left = len(todo) - sum(counts.values())
+        running = min(left, slots["n"]) if args.executor == "ray" else 0
         line = (f"  progress: {counts['ok']} done, {counts['failed']} failed, {counts['skipped']} skipped "
-                f"(elsewhere), {left} left")
+                f"(elsewhere), {running} running, {left - running} waiting")
         if ran and left:
-            per_run = (time.time() - t_start) / ran
-            eta = time.strftime("%H:%M", time.localtime(time.time() + per_run * left / max(1, parallel)))
+            per_run = (time.time() - t_start) / ran * slots["n"]
+            eta = time.strftime("%H:%M", time.localtime(time.time() + per_run * left / slots["n"]))
             line += f"; {per_run / 60:.1f} min per run, ETA {eta}"
         print(line, flush=True)
 
     if args.executor == "ray" and todo:
         from bench.sweep import run_on_ray
 
-        parallel = max(1, int((os.cpu_count() or 1) // max(args.cpus_per_run, 1e-9)))
-        print(f"  executor: Ray ({args.address or 'a local instance'}), {args.cpus_per_run:g} CPU and "
-              f"{args.gpus_per_run:g} GPU per run", flush=True)
+        def started(n_slots: int) -> None:
+            slots["n"] = max(1, n_slots)
+            print(f"  executor: Ray ({args.address or 'a local instance'}), {args.cpus_per_run:g} CPU and "
+                  f"{args.gpus_per_run:g} GPU per run, {slots['n']} at a time", flush=True)
+
         run_on_ray(todo, args.results_dir, address=args.address, cpus_per_run=args.cpus_per_run,
-                   gpus_per_run=args.gpus_per_run, rerun=args.rerun, on_result=report)
+                   gpus_per_run=args.gpus_per_run, rerun=args.rerun, on_result=report, on_start=started)
     elif todo:
         from bench.sweep import run_one
 
-        parallel = 1
         for i, (cfg, key) in enumerate(todo, 1):
-            print(f"[{i}/{len(todo)}] {cfg.method}{_params_text(cfg)} compression={cfg.compression} seed={cfg.seed}",
-                  flush=True)
+            where = f"{cfg.track} " if len(tracks) > 1 else ""
+            print(f"[{i}/{len(todo)}] {where}{cfg.method}{_params_text(cfg)} compression={cfg.compression} "
+                  f"seed={cfg.seed}", flush=True)
             report(cfg, run_one(cfg, key, args.results_dir, args.rerun))
     return 1 if counts["failed"] else 0
 
@@ -389,6 +422,15 @@ def cmd_leaderboard(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "sweep" and args.file:
+        from bench.sweep import load_sweep_file
+
+        try:  # the file's values become the defaults, so flags on the command line win
+            parser.sweep_parser.set_defaults(**load_sweep_file(args.file, parser.sweep_parser))
+        except (OSError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        args = parser.parse_args(argv)
     from bench.data import DataError
     from bench.method import ParamError
     from bench.registry import RegistryError

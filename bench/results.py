@@ -35,7 +35,7 @@ _STR = ("run_id", "status", "error", "method", "method_params", "method_id", "tr
         "config_json", "created_at", "git_commit", "python_version", "torch_version", "torchvision_version",
         "pyautoattack_version", "device_name", "hostname", "data_source", "stopped_by", "method_details",
         "aa_headline_version", "traceback", "track_description", "track_differs", "model_path",
-        "model_sha256", "parent_run_id", "sweep_id")
+        "model_sha256", "parent_run_id", "sweep_id", "config_id")
 FLOAT_COLUMNS = (
     "compression_target", "compression", "train_seconds", "images_per_second", "clean_acc", "robust_acc",
     "robust_eps", "cond_max", "epochs", "budget_epochs", "budget_seconds", "final_train_loss", "val_acc",

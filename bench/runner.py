@@ -39,6 +39,35 @@ class Prepared:
     compression: float
     n_eval: int
 
+    def key(self) -> tuple:
+        """What makes two runs the same configuration (the seed included): the track, method and
+        parameters after defaults, the compression, the budget and the evaluation size."""
+        return run_key(self.track.name, self.cfg.method, params_to_dict(self.params), self.compression,
+                       self.cfg.seed, self.epochs, self.budget_seconds, self.n_eval, self.cfg.skip_attacks)
+
+    def config_id(self) -> str:
+        return config_id_of(self.key())
+
+
+def run_key(track, method, params, compression, seed, epochs, budget_seconds, n_eval, skip_attacks) -> tuple:
+    return (track, method, json.dumps(params or {}, sort_keys=True),
+            round(float(compression), 6) if compression is not None else None, int(seed),
+            epochs, budget_seconds, n_eval, bool(skip_attacks))
+
+
+def key_of_row(track: str, method: str, seed, resolved: dict) -> tuple:
+    """The key of a written row, from its ``config_json`` (rows written before ``config_id`` existed)."""
+    return run_key(track, method, resolved.get("method_params", {}), resolved.get("compression_target"), seed,
+                   resolved.get("epochs"), resolved.get("budget_seconds"), resolved.get("n_eval"),
+                   resolved.get("run", {}).get("skip_attacks", False))
+
+
+def config_id_of(key: tuple) -> str:
+    """``cfg-`` and 12 hex digits of the key's hash: the ``config_id`` column of every row."""
+    import hashlib
+
+    return "cfg-" + hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:12]
+
 
 def prepare(cfg: RunConfig) -> Prepared:
     """Validate a config before anything expensive happens (names, parameters, ranges)."""
@@ -177,7 +206,7 @@ def run(cfg: RunConfig, *, prepared: Prepared | None = None, log=print) -> tuple
         "dataset": track.dataset, "arch": track.arch, "seed": cfg.seed,
         "compression_target": p.compression, "device": str(device),
         "budget_epochs": p.epochs, "budget_seconds": p.budget_seconds, "deterministic": bool(cfg.deterministic),
-        "sweep_id": cfg.sweep_id,
+        "sweep_id": cfg.sweep_id, "config_id": p.config_id(),
         "config_json": json.dumps(resolved, sort_keys=True, default=str),
     }
     row.update(provenance(device))
@@ -343,6 +372,7 @@ def evaluate_stored(run_id: str, results_dir="results", *, n_eval: int | None = 
     resolved["evaluated_from"] = parent["run_id"]
     resolved["n_eval"], resolved["run"]["aa_version"], resolved["run"]["skip_attacks"] = n, aa_version, skip_attacks
     row["config_json"] = json.dumps(resolved, sort_keys=True, default=str)
+    row["config_id"] = config_id_of(key_of_row(track.name, parent["method"], parent["seed"], resolved))
     row.update(provenance(dev))
     mean, std = input_normalization(track, data)
     kwargs = dict(num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size,

@@ -51,6 +51,58 @@ def _parse_one(item: str) -> MethodSpec:
     return name.strip(), params
 
 
+def load_sweep_file(path, parser) -> dict:
+    """A sweep file (TOML) as ``bench sweep`` defaults: its keys are the sweep's long flags (``-`` or
+    ``_``), lists allowed where the flag takes a comma-separated list::
+
+        tracks = ["digits-cnn", "mnist-lenet5-e10"]
+        methods = ["dense", "vanilla_lowrank", "robust_lowrank[mode=mean]"]
+        compressions = [0.5, 0.8]
+        seeds = [0, 1, 2]
+        threads = 1
+        data-dir = "../shared/data"
+
+    An unknown key or a value of the wrong kind is a ``ValueError`` naming it.
+    """
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"sweep file {path}: not valid TOML: {exc}") from exc
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "file")}
+    flags = {opt.lstrip("-").replace("-", "_"): a.dest for a in actions.values() for opt in a.option_strings
+             if opt.startswith("--")}
+    out = {}
+    for key, value in raw.items():
+        dest = flags.get(key.replace("-", "_"))
+        if dest is None:
+            allowed = ", ".join(sorted(k.replace("_", "-") for k in flags))
+            raise ValueError(f"sweep file {path}: unknown key {key!r}; allowed: {allowed}")
+        action = actions[dest]
+        if isinstance(value, list):
+            if dest not in ("methods", "tracks", "compressions", "seeds"):
+                raise ValueError(f"sweep file {path}: {key!r} takes one value, got a list")
+            if not value:
+                raise ValueError(f"sweep file {path}: {key!r} is an empty list")
+            value = ",".join(str(v) for v in value)
+        if action.nargs == 0:  # a switch such as --no-attacks
+            if not isinstance(value, bool):
+                raise ValueError(f"sweep file {path}: {key!r} is true or false, got {value!r}")
+        elif isinstance(value, (dict, bool)):
+            raise ValueError(f"sweep file {path}: {key!r} takes a value, got {value!r}")
+        elif action.choices and value not in action.choices:
+            raise ValueError(f"sweep file {path}: {key!r} must be one of {sorted(action.choices)}, got {value!r}")
+        elif action.type is not None:
+            try:
+                value = action.type(value)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"sweep file {path}: {key!r}: {exc}") from exc
+        out[dest] = value
+    return out
+
+
 def expand(base: RunConfig, methods: Iterable[str | MethodSpec], compressions: Iterable[float | None],
            seeds: Iterable[int]) -> list[RunConfig]:
     """The grid, seed-major: every method and compression of seed 0, then of seed 1, ...
@@ -63,40 +115,49 @@ def expand(base: RunConfig, methods: Iterable[str | MethodSpec], compressions: I
             for s, (m, p), c in itertools.product(seeds, specs, compressions)]
 
 
-def done_keys(results_dir) -> set[tuple]:
-    """Keys of the successful runs already in ``results_dir``."""
+def done_keys(results_dir) -> set[str]:
+    """``config_id`` of the successful runs already in ``results_dir``."""
+    return row_ids(results_dir)["ok"]
+
+
+def row_ids(results_dir) -> dict[str, set[str]]:
+    """``{"ok": ids, "failed": ids}``: the ``config_id`` of every configuration with an ``ok`` row, and of
+    every one whose rows are all ``failed``. Rows written before the column existed get theirs from
+    their ``config_json``."""
+    import math
+
     from bench.results import read_results
+    from bench.runner import config_id_of, key_of_row
 
     df = read_results(results_dir)
-    keys = set()
-    for r in df[df["status"] == "ok"].to_dict("records"):
-        try:
-            cfg = json.loads(r.get("config_json") or "{}")
-        except json.JSONDecodeError:
-            continue
-        keys.add(_key(r["track"], r["method"], cfg.get("method_params", {}), r["compression_target"], r["seed"],
-                      cfg.get("epochs"), cfg.get("budget_seconds"), cfg.get("n_eval"),
-                      cfg.get("run", {}).get("skip_attacks", False)))
-    return keys
+    out = {"ok": set(), "failed": set()}
+    for r in df.to_dict("records"):
+        cid = r.get("config_id")
+        if not isinstance(cid, str) or not cid:
+            try:
+                resolved = json.loads(r.get("config_json") or "{}")
+                seed = r.get("seed")
+                if seed is None or (isinstance(seed, float) and math.isnan(seed)):
+                    continue
+                cid = config_id_of(key_of_row(r["track"], r["method"], seed, resolved))
+            except (json.JSONDecodeError, TypeError, ValueError, AttributeError):
+                continue
+        if r.get("status") == "ok":
+            out["ok"].add(cid)
+        elif r.get("status") == "failed":
+            out["failed"].add(cid)
+    out["failed"] -= out["ok"]
+    return out
 
 
-def _key(track, method, params, compression, seed, epochs, budget_seconds, n_eval, skip_attacks) -> tuple:
-    return (track, method, json.dumps(params or {}, sort_keys=True),
-            round(float(compression), 6) if compression is not None else None, int(seed),
-            epochs, budget_seconds, n_eval, bool(skip_attacks))
-
-
-def config_key(cfg: RunConfig) -> tuple:
-    """The key a config's row will have (after the runner resolves the track's defaults)."""
-    from bench.method import params_to_dict
+def config_key(cfg: RunConfig) -> str:
+    """The ``config_id`` a config's row will have (after the runner resolves the track's defaults)."""
     from bench.runner import prepare
 
-    p = prepare(cfg)
-    return _key(p.track.name, cfg.method, params_to_dict(p.params), p.compression, cfg.seed, p.epochs,
-                p.budget_seconds, p.n_eval, cfg.skip_attacks)
+    return prepare(cfg).config_id()
 
 
-def sweep_id(keys: list[tuple]) -> str:
+def sweep_id(keys: list) -> str:
     """A stable id of a grid (its configurations' keys, in any order): the same grid rerun to continue
     it, or run by a second process beside the first, writes the same ``sweep_id`` into its rows."""
     import hashlib
@@ -187,19 +248,21 @@ def run_one(cfg: RunConfig, key: tuple, results_dir, rerun: bool = False) -> dic
         except runner.RunError as exc:
             return {"status": "failed", "error": str(exc), "file": str(exc.path) if exc.path else None}
         except Exception as exc:  # noqa: BLE001 - failed before the runner could write a row: write one here
-            path = write_failed_row(cfg, f"{type(exc).__name__}: {exc}")
+            path = write_failed_row(cfg, key, f"{type(exc).__name__}: {exc}")
             return {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "file": str(path)}
     return {"status": "ok", "run_id": row["run_id"], "clean_acc": row.get("clean_acc"),
             "robust_acc": row.get("robust_acc"), "cond_max": row.get("cond_max"), "file": str(path)}
 
 
-def write_failed_row(cfg: RunConfig, error: str):
-    """A ``failed`` row for a configuration that failed outside the runner (a crashed worker, a bad device)."""
+def write_failed_row(cfg: RunConfig, key: str, error: str):
+    """A ``failed`` row for configuration ``key`` (its ``config_id``) that failed outside the runner
+    (a crashed worker, a bad device)."""
     from bench.results import new_run_id, write_row
 
     return write_row({"run_id": new_run_id(), "status": "failed", "error": error, "method": cfg.method,
                       "method_params": json.dumps(cfg.method_params, sort_keys=True), "track": cfg.track,
                       "seed": cfg.seed, "compression_target": cfg.compression, "sweep_id": cfg.sweep_id,
+                      "config_id": key,
                       "config_json": json.dumps({"run": json.loads(cfg.to_json())}, sort_keys=True)},
                      cfg.results_dir)
 
@@ -210,13 +273,14 @@ def _ray_task(cfg_dict: dict, key: tuple, results_dir: str, rerun: bool) -> dict
 
 def run_on_ray(todo: list[tuple[RunConfig, tuple]], results_dir, *, address: str | None = None,
                cpus_per_run: float = 1, gpus_per_run: float = 0, rerun: bool = False,
-               on_result=None) -> list[dict]:
+               on_result=None, on_start=None) -> list[dict]:
     """One Ray task per configuration, each asking for ``cpus_per_run`` CPUs and ``gpus_per_run`` GPUs.
 
     ``address`` joins a running cluster (``ray start --head`` …; the results directory must be on a
     file system every node sees); without it a local Ray instance is started and stopped here. A
     task whose worker dies is retried (twice) and resumes from its checkpoint; a configuration that
-    still fails gets a ``failed`` row. ``on_result(cfg, summary)`` is called as results arrive.
+    still fails gets a ``failed`` row. ``on_result(cfg, summary)`` is called as results arrive;
+    ``on_start(n)`` once Ray is up, with how many runs the cluster's resources hold at a time.
     """
     import os
 
@@ -233,22 +297,27 @@ def run_on_ray(todo: list[tuple[RunConfig, tuple]], results_dir, *, address: str
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         started = True
     try:
+        if on_start is not None:
+            res = ray.cluster_resources()
+            fits = [res.get("CPU", 0) / cpus_per_run] if cpus_per_run > 0 else []
+            fits += [res.get("GPU", 0) / gpus_per_run] if gpus_per_run > 0 else []
+            on_start(int(min(fits)) if fits else len(todo))
         task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=2)(_ray_task)
         refs = {}
         for cfg, key in todo:
             if cfg.num_threads is None and cfg.device in (None, "cpu"):
                 cfg = dataclasses.replace(cfg, num_threads=max(1, int(cpus_per_run)))
-            refs[task.remote(dataclasses.asdict(cfg), key, str(results_dir), rerun)] = cfg
+            refs[task.remote(dataclasses.asdict(cfg), key, str(results_dir), rerun)] = (cfg, key)
         out = []
         pending = list(refs)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
-            cfg = refs[ready[0]]
+            cfg, key = refs[ready[0]]
             try:
                 summary = ray.get(ready[0])
             except Exception as exc:  # noqa: BLE001 - the worker died even after the retries
                 msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                summary = {"status": "failed", "error": msg, "file": str(write_failed_row(cfg, msg))}
+                summary = {"status": "failed", "error": msg, "file": str(write_failed_row(cfg, key, msg))}
             out.append(summary)
             if on_result is not None:
                 on_result(cfg, summary)

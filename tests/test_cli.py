@@ -86,7 +86,8 @@ def test_sweep_runs_a_grid_and_skips_what_is_done(tmp_path, run_bench):
     # every row names the grid; the progress line counts what is done and left
     assert df["sweep_id"].nunique() == 1 and df["sweep_id"].iloc[0].startswith("sw-")
     assert f"bench sweep {df['sweep_id'].iloc[0]}:" in r.stdout
-    assert "progress: 1 done, 0 failed, 0 skipped (elsewhere), 2 left" in r.stdout and "ETA" in r.stdout
+    assert "progress: 1 done, 0 failed, 0 skipped (elsewhere), 0 running, 2 waiting" in r.stdout and "ETA" in r.stdout
+    assert df["config_id"].str.startswith("cfg-").all() and df["config_id"].is_unique
     again = run_bench(*args)
     assert again.returncode == 0 and "3 already done, 0 to run" in again.stdout
     assert f"bench sweep {df['sweep_id'].iloc[0]}:" in again.stdout  # the same grid, the same id
@@ -205,3 +206,53 @@ def pd_notna(v) -> bool:
     import pandas as pd
 
     return bool(pd.notna(v))
+
+
+def test_sweep_file_tracks_flags_that_override_it_and_failed_configurations(tmp_path, run_bench, shared_data_dir):
+    """A TOML grid over two tracks; a flag on the command line beats the file; a configuration that
+    failed is skipped on the next sweep unless --retry-failed; --dry-run runs nothing."""
+    res = tmp_path / "res"
+    grid = tmp_path / "grid.toml"
+    grid.write_text(f"""
+tracks = ["digits-cnn", "mnist-lenet5"]
+methods = ["dense"]
+seeds = [0, 1]
+epochs = 0.02
+no-attacks = true
+data-dir = "{shared_data_dir}"
+results-dir = "{res}"
+""")
+    dry = run_bench("sweep", "--file", str(grid), "--seeds", "0", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "2 configurations on 2 tracks, 0 already done, 2 to run" in dry.stdout
+    assert "digits-cnn dense" in dry.stdout and "mnist-lenet5 dense" in dry.stdout and not res.exists()
+    r = run_bench("sweep", "--file", str(grid), "--seeds", "0")  # the flag wins over the file's [0, 1]
+    assert r.returncode == 0, r.stderr
+    df = read_results(res)
+    assert sorted(zip(df["track"], df["seed"])) == [("digits-cnn", 0), ("mnist-lenet5", 0)]
+    assert set(df["status"]) == {"ok"} and df["sweep_id"].nunique() == 1
+
+    # a configuration that fails (no such device) is written as failed, then skipped, then retried
+    bad = ("sweep", "--methods", "dense", "--seeds", "5", "--epochs", "0.02", "--no-attacks", "--device", "cuda:7",
+           "--results-dir", str(res))
+    first = run_bench(*bad)
+    assert first.returncode == 1 and "failed" in first.stderr
+    again = run_bench(*bad)
+    assert again.returncode == 0 and "1 failed before (skipped; --retry-failed reruns them), 0 to run" in again.stdout
+    retry = run_bench(*bad, "--retry-failed")
+    assert retry.returncode == 1 and "1 failed before (rerun), 1 to run" in retry.stdout
+    df = read_results(res)
+    assert (df["status"] == "failed").sum() == 2 and df.loc[df["status"] == "failed", "config_id"].nunique() == 1
+
+
+@pytest.mark.parametrize("text, message", [
+    ('methods = ["dense"]\nseed = [0]\n', "unknown key 'seed'"),
+    ('methods = ["dense"]\nepochs = "many"\n', "'epochs'"),
+    ('methods = ["dense"]\nexecutor = "slurm"\n', "must be one of"),
+    ('methods = ["dense"\n', "not valid TOML"),
+])
+def test_a_bad_sweep_file_is_a_clear_error_and_runs_nothing(tmp_path, run_bench, text, message):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(text)
+    r = run_bench("sweep", "--file", str(grid), "--results-dir", str(tmp_path / "res"))
+    assert r.returncode == 2 and message in r.stderr and not (tmp_path / "res").exists()

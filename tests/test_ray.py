@@ -6,22 +6,23 @@ from bench.results import read_results
 
 ray = pytest.importorskip("ray")
 
-ARGS = ("sweep", "--executor", "ray", "--methods", "dense,vanilla_lowrank", "--seeds", "0", "--epochs", "0.2",
+ARGS = ("sweep", "--executor", "ray", "--methods", "dense,vanilla_lowrank", "--seeds", "0,1", "--epochs", "0.2",
         "--no-attacks")
 
 
 def test_ray_sweep_writes_each_row_once_and_a_rerun_adds_none(tmp_path, run_bench):
     r = run_bench(*ARGS, "--results-dir", str(tmp_path), timeout=600)
     assert r.returncode == 0, r.stderr
-    assert "executor: Ray (a local instance)" in r.stdout and "2 to run" in r.stdout
-    assert "progress: 2 done, 0 failed, 0 skipped (elsewhere), 0 left" in r.stdout
+    assert "executor: Ray (a local instance)" in r.stdout and "4 to run" in r.stdout and "2 at a time" in r.stdout
+    assert "progress: 4 done, 0 failed, 0 skipped (elsewhere), 0 running, 0 waiting" in r.stdout
     df = read_results(tmp_path)
-    assert len(df) == 2 and set(df["status"]) == {"ok"} and df["run_id"].is_unique
-    assert sorted(zip(df["method"], df["seed"])) == [("dense", 0), ("vanilla_lowrank", 0)]
+    assert len(df) == 4 and set(df["status"]) == {"ok"} and df["run_id"].is_unique and df["config_id"].is_unique
+    assert sorted(zip(df["method"], df["seed"])) == [("dense", 0), ("dense", 1), ("vanilla_lowrank", 0),
+                                                      ("vanilla_lowrank", 1)]
     assert df["sweep_id"].nunique() == 1
     again = run_bench(*ARGS, "--results-dir", str(tmp_path), timeout=600)
-    assert again.returncode == 0 and "2 already done, 0 to run" in again.stdout
-    assert len(read_results(tmp_path)) == 2
+    assert again.returncode == 0 and "4 already done, 0 to run" in again.stdout
+    assert len(read_results(tmp_path)) == 4
 
 
 def test_a_failing_configuration_becomes_a_failed_row_while_the_rest_complete(tmp_path):
