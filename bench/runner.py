@@ -170,8 +170,31 @@ def git_commit() -> str | None:
         return None
 
 
+class RunBusy(ValueError):
+    """The same configuration is running in another process on the same results directory."""
+
+
 def run(cfg: RunConfig, *, prepared: Prepared | None = None, log=print) -> tuple[dict, Path]:
-    """Run one configuration and write its row. Returns (row, path). Raises RunError after writing a failed row."""
+    """Run one configuration and write its row. Returns (row, path). Raises RunError after writing a failed row.
+
+    Holds the configuration's claim (``<results_dir>/.claims``) while it runs: its checkpoint and
+    AutoAttack state are keyed by the configuration, so an identical run started beside it would
+    share and delete them; that second run stops at once with :class:`RunBusy` instead.
+    """
+    from bench.sweep import Claim
+
+    p = prepared or prepare(cfg)
+    check_writable(cfg.results_dir)  # before hours of training, not after
+    with Claim(cfg.results_dir, p.config_id()) as claim:
+        if not claim.acquire():
+            who = claim.owner() or {}
+            raise RunBusy(f"the same configuration ({p.config_id()}) is already running on this results directory "
+                          f"(host {who.get('host', '?')}, pid {who.get('pid', '?')}); wait for it, or change the "
+                          f"seed or the results directory")
+        return _run(cfg, p, log)
+
+
+def _run(cfg: RunConfig, p: Prepared, log) -> tuple[dict, Path]:
     import torch
 
     from bench.compression import compression_of, inference_param_count
@@ -179,8 +202,6 @@ def run(cfg: RunConfig, *, prepared: Prepared | None = None, log=print) -> tuple
     from bench.models import build_model
     from bench.train import Budget, Checkpointing, Interrupted, train
 
-    p = prepared or prepare(cfg)
-    check_writable(cfg.results_dir)  # before hours of training, not after
     track = p.track
     device = resolve_device(cfg.device)
     if cfg.num_threads:
@@ -381,8 +402,15 @@ def evaluate_stored(run_id: str, results_dir="results", *, n_eval: int | None = 
     ectx = EvalContext(device=dev, n_eval=n, aa_version=aa_version, skip_attacks=skip_attacks, state_dir=state_dir,
                        dense_factory=lambda: build_model(track.arch, **kwargs), progress=progress,
                        seed=int(parent["seed"]))
-    row.update(evaluate(model, data, track.eval, ectx))
-    return row, write_row(row, results_dir)
+    from bench.sweep import Claim
+
+    with Claim(results_dir, ("eval", parent["run_id"])) as claim:  # the state folder is per parent run
+        if not claim.acquire():
+            who = claim.owner() or {}
+            raise RunBusy(f"run {parent['run_id']} is already being re-evaluated on this results directory "
+                          f"(host {who.get('host', '?')}, pid {who.get('pid', '?')}); wait for it")
+        row.update(evaluate(model, data, track.eval, ectx))
+        return row, write_row(row, results_dir)
 
 
 #: the columns a re-evaluation keeps from its parent: what training produced, not what evaluation measured

@@ -173,6 +173,8 @@ class Claim:
     The claim is a file ``<results_dir>/.claims/<hash of the key>.claim`` created with O_EXCL,
     holding the host and pid. A claim whose process no longer exists on this host is stale and
     taken over; a claim from another host is respected. Released when the run ends, however it ends.
+    Re-entrant: a process that holds a claim acquires it again (``bench sweep`` claims, then the
+    runner it calls claims the same configuration) and only the outer holder releases it.
     """
 
     def __init__(self, results_dir, key: tuple):
@@ -192,6 +194,8 @@ class Claim:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
+                if self.owner() == {"host": platform.node(), "pid": os.getpid()}:
+                    return True  # ours already (an outer claim): not released by this one
                 if not self._stale():
                     return False
                 self.path.unlink(missing_ok=True)
@@ -201,6 +205,13 @@ class Claim:
             self.held = True
             return True
         return False
+
+    def owner(self) -> dict | None:
+        """``{"host", "pid"}`` of the holder, or None when unclaimed or being written."""
+        try:
+            return json.loads(self.path.read_text() or "null")
+        except (OSError, json.JSONDecodeError):
+            return None
 
     def _stale(self) -> bool:
         import os

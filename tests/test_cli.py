@@ -256,3 +256,29 @@ def test_a_bad_sweep_file_is_a_clear_error_and_runs_nothing(tmp_path, run_bench,
     grid.write_text(text)
     r = run_bench("sweep", "--file", str(grid), "--results-dir", str(tmp_path / "res"))
     assert r.returncode == 2 and message in r.stderr and not (tmp_path / "res").exists()
+
+
+def test_an_identical_run_beside_a_running_one_stops_at_once_and_loses_nothing(tmp_path):
+    """Checkpoints and AutoAttack state are keyed by the configuration: a second identical
+    `bench run` on the same results directory must not share them; it stops with a clear error."""
+    import os
+    import subprocess
+    import time
+
+    from tests.conftest import _bench_exe
+
+    args = _bench_exe() + ["run", "--method", "dense", "--epochs", "8", "--no-attacks", "--threads", "1", "--quiet",
+                           "--results-dir", str(tmp_path)]
+    env = {k: v for k, v in os.environ.items() if k != "BENCH_RESULTS_DIR"}
+    first = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list((tmp_path / ".claims").glob("*.claim")) and time.time() < deadline and first.poll() is None:
+        time.sleep(0.02)
+    assert first.poll() is None, "the first run ended before the second could start: make it longer"
+    second = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2 and "already running" in second.stderr and f"pid {first.pid}" in second.stderr
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err
+    df = read_results(tmp_path)
+    assert len(df) == 1 and df["status"].iloc[0] == "ok"
+    assert not list((tmp_path / ".claims").glob("*.claim"))  # released

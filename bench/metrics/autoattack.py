@@ -202,10 +202,15 @@ def _load_state(path: Path):
 
 
 def _write_state(path: Path, attacks, flags: torch.Tensor) -> None:
+    """A finished state, written atomically (to a side name, then renamed over ``path``)."""
+    import os
+
     from pyautoattack.state import EvaluationState
 
-    st = EvaluationState(set(attacks), path=path, _run_attacks=set(attacks), _robust_flags=flags.clone())
+    tmp = path.with_name(path.name + ".partial")
+    st = EvaluationState(set(attacks), path=tmp, _run_attacks=set(attacks), _robust_flags=flags.clone())
     st.to_disk(force=True)
+    os.replace(tmp, path)
 
 
 def _make_attack(model, step: AAStep, attacks, *, n_classes: int, seed: int, device):
