@@ -213,9 +213,9 @@ def cmd_sweep(args) -> int:
     if args.executor == "ray" and todo:
         from bench.sweep import run_on_ray
 
-        def started(n_slots: int) -> None:
+        def started(n_slots: int, where: str) -> None:
             slots["n"] = max(1, n_slots)
-            print(f"  executor: Ray ({args.address or 'a local instance'}), {args.cpus_per_run:g} CPU and "
+            print(f"  executor: Ray ({where}), {args.cpus_per_run:g} CPU and "
                   f"{args.gpus_per_run:g} GPU per run, {slots['n']} at a time", flush=True)
 
         run_on_ray(todo, args.results_dir, address=args.address, cpus_per_run=args.cpus_per_run,

@@ -291,10 +291,15 @@ def run_on_ray(todo: list[tuple[RunConfig, tuple]], results_dir, *, address: str
     file system every node sees); without it a local Ray instance is started and stopped here. A
     task whose worker dies is retried (twice) and resumes from its checkpoint; a configuration that
     still fails gets a ``failed`` row. ``on_result(cfg, summary)`` is called as results arrive;
-    ``on_start(n)`` once Ray is up, with how many runs the cluster's resources hold at a time.
+    ``on_start(n, where)`` once Ray is up, with how many runs the cluster's resources hold at a time.
     """
     import os
+    import sys
 
+    if address is None and "ray" not in sys.modules:
+        # A local instance listens on loopback only. Ray resolves 127.0.0.1 to the node's address on
+        # Linux unless cluster mode is off, and reads this switch when it is first imported.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     started = False
@@ -312,7 +317,8 @@ def run_on_ray(todo: list[tuple[RunConfig, tuple]], results_dir, *, address: str
             res = ray.cluster_resources()
             fits = [res.get("CPU", 0) / cpus_per_run] if cpus_per_run > 0 else []
             fits += [res.get("GPU", 0) / gpus_per_run] if gpus_per_run > 0 else []
-            on_start(int(min(fits)) if fits else len(todo))
+            where = address or f"a local instance on {ray.util.get_node_ip_address()}"
+            on_start(int(min(fits)) if fits else len(todo), where)
         task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=2)(_ray_task)
         refs = {}
         for cfg, key in todo:

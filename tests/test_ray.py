@@ -13,7 +13,7 @@ ARGS = ("sweep", "--executor", "ray", "--methods", "dense,vanilla_lowrank", "--s
 def test_ray_sweep_writes_each_row_once_and_a_rerun_adds_none(tmp_path, run_bench):
     r = run_bench(*ARGS, "--results-dir", str(tmp_path), timeout=600)
     assert r.returncode == 0, r.stderr
-    assert "executor: Ray (a local instance)" in r.stdout and "4 to run" in r.stdout and "2 at a time" in r.stdout
+    assert "executor: Ray (a local instance on 127.0.0.1)" in r.stdout and "4 to run" in r.stdout and "2 at a time" in r.stdout
     assert "progress: 4 done, 0 failed, 0 skipped (elsewhere), 0 running, 0 waiting" in r.stdout
     df = read_results(tmp_path)
     assert len(df) == 4 and set(df["status"]) == {"ok"} and df["run_id"].is_unique and df["config_id"].is_unique

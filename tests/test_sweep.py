@@ -40,10 +40,20 @@ def test_a_claim_is_exclusive_until_released_and_a_dead_owner_is_taken_over(tmp_
     from bench.sweep import Claim
 
     key = ("digits-cnn", "dense", "{}", 0.0, 0, 30, None, 360, False)
+    def other_process_acquires(k) -> bool:
+        code = (f"import sys; from bench.sweep import Claim; "
+                f"sys.exit(0 if Claim({str(tmp_path)!r}, {k!r}).acquire() else 3)")
+        rc = subprocess.run([sys.executable, "-c", code]).returncode
+        assert rc in (0, 3), rc  # not a crash
+        return rc == 0
+
     with Claim(tmp_path, key) as first:
         assert first.acquire()
-        assert not Claim(tmp_path, key).acquire()  # held by a live process (this one)
-        assert Claim(tmp_path, key[:-1] + (True,)).acquire()  # another key is free
+        assert not other_process_acquires(key)  # held by a live process (this one)
+        with Claim(tmp_path, key) as inner:  # re-entrant in the holding process (sweep -> runner)
+            assert inner.acquire()
+        assert first.path.exists()  # the inner release left the outer claim alone
+        assert other_process_acquires(key[:-1] + (True,))  # another key is free (its owner has exited)
     assert not first.path.exists()
     again = Claim(tmp_path, key)
     assert again.acquire()
