@@ -282,3 +282,42 @@ def test_an_identical_run_beside_a_running_one_stops_at_once_and_loses_nothing(t
     df = read_results(tmp_path)
     assert len(df) == 1 and df["status"].iloc[0] == "ok"
     assert not list((tmp_path / ".claims").glob("*.claim"))  # released
+
+
+@pytest.mark.slow
+def test_a_bench_run_killed_during_autoattack_resumes_from_its_state_to_the_same_result(tmp_path):
+    """SIGKILL once AutoAttack has written its first state: the rerun retrains to the same weights,
+    resumes the attack from the state (tests/test_metrics.py checks that finished attacks are read
+    back, not rerun) and writes the same row as an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from tests.conftest import _bench_exe
+
+    args = ["run", "--method", "vanilla_lowrank", "--epochs", "5", "--n-eval", "60", "--threads", "1", "--quiet"]
+    env = {k: v for k, v in os.environ.items() if k != "BENCH_RESULTS_DIR"}
+
+    def bench(results):
+        return subprocess.run(_bench_exe() + args + ["--results-dir", str(results)], capture_output=True,
+                              text=True, env=env, timeout=900)
+
+    assert bench(tmp_path / "whole").returncode == 0
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(_bench_exe() + args + ["--results-dir", str(cut)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while not list((cut / ".state").rglob("aa_*.json")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before its first AutoAttack state: give it more points"
+    time.sleep(0.5)  # let the state file be completely written
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert not list(cut.glob("*.parquet")) and list((cut / ".state").rglob("aa_*.json"))
+    r = bench(cut)
+    assert r.returncode == 0, r.stderr
+    whole, resumed = read_results(tmp_path / "whole").iloc[0], read_results(cut).iloc[0]
+    assert resumed["robust_acc"] == whole["robust_acc"] and resumed["clean_acc"] == whole["clean_acc"]
+    assert [(p["eps"], p["acc"]) for p in resumed["aa_curve"]] == [(p["eps"], p["acc"]) for p in whole["aa_curve"]]
+    assert not (cut / ".state").exists()
