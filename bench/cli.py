@@ -175,8 +175,8 @@ def cmd_sweep(args) -> int:
     head += f" on {len(tracks)} tracks" if len(tracks) > 1 else ""
     head += f", {sum(k in have['ok'] for _, k in cfgs)} already done"
     if n_failed_before:
-        head += (f", {n_failed_before} failed before ({'rerun' if args.retry_failed else 'skipped'}; "
-                 f"{'' if args.retry_failed else '--retry-failed reruns them'})").replace("; )", ")")
+        head += f", {n_failed_before} failed before (" + (
+            "rerun)" if args.retry_failed else "skipped; --retry-failed reruns them)")
     print(f"{head}, {len(todo)} to run", flush=True)
     if args.dry_run:
         for cfg, key in todo:

@@ -124,10 +124,8 @@ def row_ids(results_dir) -> dict[str, set[str]]:
     """``{"ok": ids, "failed": ids}``: the ``config_id`` of every configuration with an ``ok`` row, and of
     every one whose rows are all ``failed``. Rows written before the column existed get theirs from
     their ``config_json``."""
-    import math
-
     from bench.results import read_results
-    from bench.runner import config_id_of, key_of_row
+    from bench.runner import _is_na, config_id_of, key_of_row
 
     df = read_results(results_dir)
     out = {"ok": set(), "failed": set()}
@@ -136,10 +134,9 @@ def row_ids(results_dir) -> dict[str, set[str]]:
         if not isinstance(cid, str) or not cid:
             try:
                 resolved = json.loads(r.get("config_json") or "{}")
-                seed = r.get("seed")
-                if seed is None or (isinstance(seed, float) and math.isnan(seed)):
+                if _is_na(r.get("seed")):
                     continue
-                cid = config_id_of(key_of_row(r["track"], r["method"], seed, resolved))
+                cid = config_id_of(key_of_row(r["track"], r["method"], r["seed"], resolved))
             except (json.JSONDecodeError, TypeError, ValueError, AttributeError):
                 continue
         if r.get("status") == "ok":
@@ -177,7 +174,7 @@ class Claim:
     runner it calls claims the same configuration) and only the outer holder releases it.
     """
 
-    def __init__(self, results_dir, key: tuple):
+    def __init__(self, results_dir, key):
         import hashlib
         from pathlib import Path
 
@@ -246,7 +243,7 @@ class Claim:
 # --------------------------------------------------------------------------------------------
 # executors: one configuration after another here, or one Ray task per configuration
 # --------------------------------------------------------------------------------------------
-def run_one(cfg: RunConfig, key: tuple, results_dir, rerun: bool = False) -> dict:
+def run_one(cfg: RunConfig, key: str, results_dir, rerun: bool = False) -> dict:
     """Claim ``cfg``, skip it when done or running elsewhere, else run it. Returns a summary dict:
     ``{"status": "ok" | "failed" | "skipped", "run_id", "clean_acc", "robust_acc", "cond_max", "error", "file"}``."""
     from bench import runner
@@ -278,11 +275,11 @@ def write_failed_row(cfg: RunConfig, key: str, error: str):
                      cfg.results_dir)
 
 
-def _ray_task(cfg_dict: dict, key: tuple, results_dir: str, rerun: bool) -> dict:
+def _ray_task(cfg_dict: dict, key: str, results_dir: str, rerun: bool) -> dict:
     return run_one(RunConfig(**cfg_dict), key, results_dir, rerun)
 
 
-def run_on_ray(todo: list[tuple[RunConfig, tuple]], results_dir, *, address: str | None = None,
+def run_on_ray(todo: list[tuple[RunConfig, str]], results_dir, *, address: str | None = None,
                cpus_per_run: float = 1, gpus_per_run: float = 0, rerun: bool = False,
                on_result=None, on_start=None) -> list[dict]:
     """One Ray task per configuration, each asking for ``cpus_per_run`` CPUs and ``gpus_per_run`` GPUs.

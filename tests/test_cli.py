@@ -7,6 +7,38 @@ import pytest
 from bench.results import PROVENANCE_COLUMNS, REQUIRED_COLUMNS, read_results
 
 
+def _bench_cmd(args: list[str], results) -> tuple[list[str], dict]:
+    """The command line of `bench ARGS --results-dir RESULTS` and its environment (BENCH_RESULTS_DIR unset)."""
+    import os
+
+    from tests.conftest import _bench_exe
+
+    return (_bench_exe() + args + ["--results-dir", str(results)],
+            {k: v for k, v in os.environ.items() if k != "BENCH_RESULTS_DIR"})
+
+
+def _bench(args: list[str], results, timeout: float = 600):
+    """`bench ARGS --results-dir RESULTS` to completion."""
+    import subprocess
+
+    cmd, env = _bench_cmd(args, results)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def _start_until(args: list[str], results, ready, *, timeout: float, what: str):
+    """Start `bench ARGS --results-dir RESULTS` and return it, still running, once ``ready()`` is true."""
+    import subprocess
+    import time
+
+    cmd, env = _bench_cmd(args, results)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + timeout
+    while not ready() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the run ended before {what}: make it longer"
+    return proc
+
+
 def test_list_methods_and_tracks(run_bench):
     r = run_bench("list")
     assert r.returncode == 0 and "dense" in r.stdout
@@ -127,29 +159,13 @@ def test_deterministic_is_applied_per_run_and_recorded(tmp_path):
 
 @pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
 def test_a_killed_bench_run_resumes_from_its_checkpoint_to_the_same_result(tmp_path, sig):
-    import os
     import signal
-    import subprocess
-    import sys
-    import time
-
-    from tests.conftest import _bench_exe
 
     args = ["run", "--method", "robust_lowrank", "--epochs", "12", "--no-attacks", "--threads", "1", "--quiet"]
-    env = {k: v for k, v in os.environ.items() if k != "BENCH_RESULTS_DIR"}
-
-    def bench(results, **kw):
-        return subprocess.run(_bench_exe() + args + ["--results-dir", str(results)], capture_output=True,
-                              text=True, env=env, timeout=600, **kw)
-
-    assert bench(tmp_path / "whole").returncode == 0
+    assert _bench(args, tmp_path / "whole").returncode == 0
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(_bench_exe() + args + ["--results-dir", str(cut)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not list((cut / ".ckpt").glob("[!.]*.pt")) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before its first checkpoint: make it longer"
+    proc = _start_until(args, cut, lambda: list((cut / ".ckpt").glob("[!.]*.pt")), timeout=300,
+                        what="its first checkpoint")
     proc.send_signal(getattr(signal, sig))
     out, err = proc.communicate(timeout=120)
     if sig == "SIGTERM":  # a checkpoint at the next step, a clear message, no row
@@ -157,7 +173,7 @@ def test_a_killed_bench_run_resumes_from_its_checkpoint_to_the_same_result(tmp_p
     else:
         assert proc.returncode == -signal.SIGKILL
     assert list((cut / ".ckpt").glob("[!.]*.pt")) and not list(cut.glob("*.parquet"))
-    r = bench(cut)
+    r = _bench(args, cut)
     assert r.returncode == 0, r.stderr
     assert "resumed training from the checkpoint" in r.stdout
     whole, resumed = read_results(tmp_path / "whole").iloc[0], read_results(cut).iloc[0]
@@ -261,21 +277,10 @@ def test_a_bad_sweep_file_is_a_clear_error_and_runs_nothing(tmp_path, run_bench,
 def test_an_identical_run_beside_a_running_one_stops_at_once_and_loses_nothing(tmp_path):
     """Checkpoints and AutoAttack state are keyed by the configuration: a second identical
     `bench run` on the same results directory must not share them; it stops with a clear error."""
-    import os
-    import subprocess
-    import time
-
-    from tests.conftest import _bench_exe
-
-    args = _bench_exe() + ["run", "--method", "dense", "--epochs", "8", "--no-attacks", "--threads", "1", "--quiet",
-                           "--results-dir", str(tmp_path)]
-    env = {k: v for k, v in os.environ.items() if k != "BENCH_RESULTS_DIR"}
-    first = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not list((tmp_path / ".claims").glob("*.claim")) and time.time() < deadline and first.poll() is None:
-        time.sleep(0.02)
-    assert first.poll() is None, "the first run ended before the second could start: make it longer"
-    second = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    args = ["run", "--method", "dense", "--epochs", "8", "--no-attacks", "--threads", "1", "--quiet"]
+    first = _start_until(args, tmp_path, lambda: list((tmp_path / ".claims").glob("*.claim")), timeout=120,
+                         what="the second could start")
+    second = _bench(args, tmp_path, timeout=120)
     assert second.returncode == 2 and "already running" in second.stderr and f"pid {first.pid}" in second.stderr
     out, err = first.communicate(timeout=600)
     assert first.returncode == 0, err
@@ -289,33 +294,19 @@ def test_a_bench_run_killed_during_autoattack_resumes_from_its_state_to_the_same
     """SIGKILL once AutoAttack has written its first state: the rerun retrains to the same weights,
     resumes the attack from the state (tests/test_metrics.py checks that finished attacks are read
     back, not rerun) and writes the same row as an uninterrupted run."""
-    import os
     import signal
-    import subprocess
     import time
 
-    from tests.conftest import _bench_exe
-
     args = ["run", "--method", "vanilla_lowrank", "--epochs", "5", "--n-eval", "60", "--threads", "1", "--quiet"]
-    env = {k: v for k, v in os.environ.items() if k != "BENCH_RESULTS_DIR"}
-
-    def bench(results):
-        return subprocess.run(_bench_exe() + args + ["--results-dir", str(results)], capture_output=True,
-                              text=True, env=env, timeout=900)
-
-    assert bench(tmp_path / "whole").returncode == 0
+    assert _bench(args, tmp_path / "whole", timeout=900).returncode == 0
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(_bench_exe() + args + ["--results-dir", str(cut)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 600
-    while not list((cut / ".state").rglob("aa_*.json")) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before its first AutoAttack state: give it more points"
+    proc = _start_until(args, cut, lambda: list((cut / ".state").rglob("aa_*.json")), timeout=600,
+                        what="its first AutoAttack state (give it more points)")
     time.sleep(0.5)  # let the state file be completely written
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     assert not list(cut.glob("*.parquet")) and list((cut / ".state").rglob("aa_*.json"))
-    r = bench(cut)
+    r = _bench(args, cut, timeout=900)
     assert r.returncode == 0, r.stderr
     whole, resumed = read_results(tmp_path / "whole").iloc[0], read_results(cut).iloc[0]
     assert resumed["robust_acc"] == whole["robust_acc"] and resumed["clean_acc"] == whole["clean_acc"]
