@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from bench.columns import fmt
+
 
 def _common_run_flags() -> argparse.ArgumentParser:
     """The flags `bench run` and `bench sweep` share (an argparse parent: declared once)."""
@@ -53,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = pl.add_mutually_exclusive_group()
     g.add_argument("--tracks", action="store_true", help="list tracks")
     g.add_argument("--models", action="store_true", help="list model architectures")
+    g.add_argument("--metrics", action="store_true", help="list metric families and the columns each writes")
+    g.add_argument("--columns", action="store_true",
+                   help="print the reference of every result column (markdown, as docs/columns.md)")
     pw = sub.add_parser("sweep", parents=[common],
                         help="run a grid: tracks x methods x compressions x seeds, skipping done runs")
     pw.add_argument("--file", "-f", default=None, metavar="GRID.toml",
@@ -193,8 +198,8 @@ def cmd_sweep(args) -> int:
         what = f"{cfg.method}{_params_text(cfg)} compression={cfg.compression} seed={cfg.seed}"
         what = f"{cfg.track} {what}" if len(tracks) > 1 else what
         if summary["status"] == "ok":
-            print(f"    {what}: clean {_fmt(summary.get('clean_acc'))}  robust {_fmt(summary.get('robust_acc'))}  "
-                  f"cond_max {_fmt(summary.get('cond_max'), '.3g')}  -> {Path(summary['file']).name}", flush=True)
+            print(f"    {what}: clean {fmt(summary.get('clean_acc'))}  robust {fmt(summary.get('robust_acc'))}  "
+                  f"cond_max {fmt(summary.get('cond_max'), '.3g')}  -> {Path(summary['file']).name}", flush=True)
         elif summary["status"] == "failed":
             print(f"    {what}: failed: {summary['error']}", file=sys.stderr, flush=True)
         else:
@@ -241,60 +246,24 @@ def _params_dict(items: list[str]) -> dict:
     return parse_assignments(items)
 
 
-def _fmt(v, spec=".4f"):
-    if v is None:
-        return "-"
-    try:
-        if v != v:  # NaN
-            return "-"
-        return format(v, spec)
-    except (TypeError, ValueError):
-        return str(v)
-
-
 def format_summary(row: dict, path) -> str:
+    """What `bench run` prints: the run's data, size and training, then each metric family's lines
+    (:meth:`bench.columns.MetricFamily.summary_lines`, in evaluation order)."""
+    from bench.columns import families
+
     lines = [
         "",
         f"== {row['method_id']} on {row['track']} (seed {row['seed']}) ==",
         f"  data        {row.get('dataset')} [{row.get('data_source')}]  train {row.get('n_train')}  "
         f"val {row.get('n_val')}  test {row.get('n_test')}",
-        f"  params      {row.get('n_params'):,} of {row.get('n_params_dense'):,} dense  "
-        f"compression {_fmt(row.get('compression'), '.4f')} (target {_fmt(row.get('compression_target'), '.2f')})",
-        f"  training    {_fmt(row.get('epochs'), '.2f')} epochs, {row.get('steps')} steps, "
-        f"{_fmt(row.get('train_seconds'), '.1f')} s, {_fmt(row.get('images_per_second'), ',.0f')} img/s "
+        f"  params      {fmt(row.get('n_params'), ',')} of {fmt(row.get('n_params_dense'), ',')} dense  "
+        f"compression {fmt(row.get('compression'), '.4f')} (target {fmt(row.get('compression_target'), '.2f')})",
+        f"  training    {fmt(row.get('epochs'), '.2f')} epochs, {row.get('steps')} steps, "
+        f"{fmt(row.get('train_seconds'), '.1f')} s, {fmt(row.get('images_per_second'), ',.0f')} img/s "
         f"on {row.get('device_name')}",
-        f"  clean acc   {_fmt(row.get('clean_acc'))}   val acc {_fmt(row.get('val_acc'))}",
     ]
-    if row.get("robust_acc") is not None:
-        lines.append(f"  robust acc  {_fmt(row.get('robust_acc'))} at Linf eps {_fmt(row.get('robust_eps'), '.4g')} "
-                     f"(AutoAttack {row.get('aa_headline_version') or ''}, {row.get('aa_n', '')} points, "
-                     f"clean on them {_fmt(row.get('clean_acc_eval'))}; {_fmt(row.get('aa_seconds'), '.0f')} s)")
-    curve = row.get("aa_curve")
-    if curve is not None and len(curve):
-        for norm in dict.fromkeys(c["norm"] for c in curve):
-            pts = "  ".join(f"{c['eps']:.4g}: {c['acc']:.3f}" + ("*" if c.get("version") != "custom" else "")
-                            for c in curve if c["norm"] == norm)
-            lines.append(f"  AA {norm:<5}    {pts}" + ("   (* full version)" if "*" in pts else ""))
-    for key, label in (("fgsm_curve", "FGSM"), ("pgd_linf_curve", "PGD Linf"), ("pgd_l2_curve", "PGD L2")):
-        c = row.get(key)
-        if c is not None and len(c):
-            lines.append(f"  {label:<11} " + "  ".join(f"{p['eps']:.4g}: {p['acc']:.3f}" for p in c))
-    if row.get("cond_max") is not None:
-        lines.append(f"  cond_max    {_fmt(row.get('cond_max'), '.4g')}   log10 prod kappa "
-                     f"{_fmt(row.get('log10_cond_prod'), '.3g')}   prod spectral norms "
-                     f"{_fmt(row.get('lipschitz_upper'), '.3g')}   rel. cond (sensitivity) "
-                     f"{_fmt(row.get('sensitivity_rel_cond'), '.3g')}")
-    if row.get("flops_per_example") is not None:
-        dense_lat = row.get("dense_latency_ms_per_batch")
-        lines.append(f"  cost        {row.get('n_nonzero', 0):,} non-zeros  {row['flops_per_example']:,} FLOPs/example  "
-                     f"latency {_fmt(row.get('latency_ms_per_batch'), '.2f')} ms/batch of "
-                     f"{row.get('latency_batch_size')}" + (f" (dense {_fmt(dense_lat, '.2f')} ms)" if dense_lat else ""))
-    flags = row.get("aa_flags")
-    if flags is not None and len(flags):
-        lines.append(f"  AA flags    {len(flags)}:")
-        lines += [f"    - {f}" for f in list(flags)[:5]]
-        if len(flags) > 5:
-            lines.append(f"    ... {len(flags) - 5} more in the aa_flags column")
+    for family in families():
+        lines += family.summary_lines(row)
     lines.append(f"  written     {path}")
     return "\n".join(lines)
 
@@ -332,6 +301,18 @@ def cmd_list(args) -> int:
                 print(f"    reproduces: {t.reference}" + ("" if t.differs else " (exactly)"))
             if t.differs:
                 print(f"    differs: {t.differs}")
+        return 0
+    if args.metrics or args.columns:
+        from bench.columns import families, reference_markdown
+        from bench.registry import METRIC_FAMILIES
+
+        if args.columns:
+            print(reference_markdown())
+            return 0
+        for fam in families():
+            print(f"{fam.name:14s} {fam.title}: {', '.join(c.name for c in fam.columns)}")
+        for name, err in sorted(METRIC_FAMILIES.load_errors.items()):
+            print(f"{name:14s} (failed to load: {err})")
         return 0
     if args.models:
         for name, fn in MODELS.items():

@@ -164,12 +164,22 @@ BUILTIN_METHOD_MODULES = (
 METHODS: Registry[Any] = Registry("method", builtin_modules=BUILTIN_METHOD_MODULES, builtin_packages=("methods",),
                                   entry_point_group="bench.methods")
 MODELS: Registry[Any] = Registry("model", builtin_modules=("bench.models",))
+#: Metric families (:class:`bench.columns.MetricFamily`): every module of ``bench/metrics/families/`` and
+#: the entry-point group ``bench.metrics``. Their modules must not import torch at import time.
+METRIC_FAMILIES: Registry[Any] = Registry("metric family", builtin_packages=("bench.metrics.families",),
+                                          entry_point_group="bench.metrics")
 TRACKS: Registry[Any] = Registry("track", builtin_modules=("bench.tracks",))
 
 
 def register_method(name: str | None = None):
     """Register a :class:`bench.method.Method` subclass under ``name``."""
     return METHODS.register(name)
+
+
+def register_metric(family):
+    """Register a :class:`bench.columns.MetricFamily` under its ``name``; returns it."""
+    METRIC_FAMILIES.add(family.name, family)
+    return family
 
 
 def register_model(name: str | None = None):

@@ -17,41 +17,22 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
+from bench.columns import PROVENANCE as _PROVENANCE
+
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "run_id", "status", "error", "method", "method_params", "track", "dataset", "arch", "seed",
     "compression_target", "compression", "n_params", "n_params_dense", "epochs", "train_seconds",
     "images_per_second", "device", "n_test", "clean_acc", "robust_acc", "robust_eps", "cond_max",
 )
-PROVENANCE_COLUMNS: tuple[str, ...] = (
-    "created_at", "git_commit", "python_version", "torch_version", "torchvision_version",
-    "pyautoattack_version", "device_name", "config_json",
-)
+#: declared in :data:`bench.columns.PROVENANCE`; also copied into each file's parquet metadata
+PROVENANCE_COLUMNS: tuple[str, ...] = tuple(c.name for c in _PROVENANCE)
 __doc__ += "\n" + ", ".join(REQUIRED_COLUMNS) + "\n\nProvenance: " + ", ".join(PROVENANCE_COLUMNS) + "\n"
-
-# Declared types of every column the project writes. Each file carries all of them (null where a
-# run has no value), so the files of one directory share one schema and also read as a single
-# data set with ``pandas.read_parquet(DIR)``. Columns a plugin adds beyond these are inferred.
-_STR = ("run_id", "status", "error", "method", "method_params", "method_id", "track", "dataset", "arch", "device",
-        "config_json", "created_at", "git_commit", "python_version", "torch_version", "torchvision_version",
-        "pyautoattack_version", "device_name", "hostname", "data_source", "stopped_by", "method_details",
-        "aa_headline_version", "traceback", "track_description", "track_differs", "model_path",
-        "model_sha256", "parent_run_id", "sweep_id", "config_id")
-FLOAT_COLUMNS = (
-    "compression_target", "compression", "train_seconds", "images_per_second", "clean_acc", "robust_acc",
-    "robust_eps", "cond_max", "epochs", "budget_epochs", "budget_seconds", "final_train_loss", "val_acc",
-    "clean_acc_eval", "log10_cond_prod", "lipschitz_upper", "latency_ms_per_batch", "dense_latency_ms_per_batch",
-    "latency_ratio", "sensitivity_rel_cond", "sensitivity_rel_cond_median", "aa_seconds", "attack_seconds",
-    "eval_seconds", "cond_max_raw", "clean_acc_ci_low", "clean_acc_ci_high", "robust_acc_ci_low",
-    "robust_acc_ci_high",
-)
-INT_COLUMNS = ("seed", "n_params", "n_params_dense", "n_test", "n_train", "n_val", "steps", "n_nonzero",
-               "flops_per_example", "latency_repeats", "latency_batch_size", "sensitivity_points", "aa_n",
-               "pgd_steps", "resumed_from_step")
-_LIST_STR = ("layer_names", "layer_shapes", "layer_kinds", "aa_flags", "layer_folded")
-_LIST_FLOAT = ("layer_kappa", "layer_spectral_norm", "layer_kappa_raw", "layer_spectral_norm_raw")
-_LIST_INT = ("layer_ranks", "attacked_indices")
-_BOOL = ("deterministic",)
-_CURVES = ("fgsm_curve", "pgd_linf_curve", "pgd_l2_curve")
+__doc__ += """
+Every column's type comes from its declaration (:mod:`bench.columns`, ``docs/columns.md``). Each
+file carries all declared columns (null where a run has no value), so the files of one directory
+share one schema and also read as a single data set with ``pandas.read_parquet(DIR)``. Columns a
+plugin adds without declaring them are inferred.
+"""
 
 
 def resolve_results_dir(arg: str | os.PathLike | None = None, env: dict | None = None) -> Path:
@@ -60,23 +41,35 @@ def resolve_results_dir(arg: str | os.PathLike | None = None, env: dict | None =
     return Path(arg or env.get("BENCH_RESULTS_DIR") or "results")
 
 
+def _names_of(type_: str) -> tuple[str, ...]:
+    from bench.columns import all_columns
+
+    return tuple(c.name for c in all_columns() if c.type == type_)
+
+
+def float_columns() -> tuple[str, ...]:
+    return _names_of("float")
+
+
+def int_columns() -> tuple[str, ...]:
+    return _names_of("int")
+
+
 def schema_types() -> dict:
     """Column name -> pyarrow type for every declared column."""
     import pyarrow as pa
 
-    t: dict = {c: pa.bool_() for c in _BOOL}
-    t.update({c: pa.string() for c in _STR})
-    t.update({c: pa.float64() for c in FLOAT_COLUMNS})
-    t.update({c: pa.int64() for c in INT_COLUMNS})
-    t.update({c: pa.list_(pa.string()) for c in _LIST_STR})
-    t.update({c: pa.list_(pa.float64()) for c in _LIST_FLOAT})
-    t.update({c: pa.list_(pa.int64()) for c in _LIST_INT})
-    t["aa_curve"] = pa.list_(pa.struct([
+    from bench.columns import all_columns
+
+    curve = pa.list_(pa.struct([("eps", pa.float64()), ("acc", pa.float64())]))
+    aa_curve = pa.list_(pa.struct([
         ("norm", pa.string()), ("eps", pa.float64()), ("acc", pa.float64()), ("version", pa.string()),
         ("attacks", pa.string()), ("n", pa.int64()), ("n_attacked", pa.int64()), ("seconds", pa.float64()),
     ]))
-    t.update({c: pa.list_(pa.struct([("eps", pa.float64()), ("acc", pa.float64())])) for c in _CURVES})
-    return t
+    types = {"str": pa.string(), "float": pa.float64(), "int": pa.int64(), "bool": pa.bool_(),
+             "list<str>": pa.list_(pa.string()), "list<float>": pa.list_(pa.float64()),
+             "list<int>": pa.list_(pa.int64()), "curve": curve, "aa_curve": aa_curve}
+    return {c.name: types[c.type] for c in all_columns()}
 
 
 FILE_GLOB = "*.parquet"
@@ -98,7 +91,7 @@ def _normalise(row: dict[str, Any]) -> dict[str, Any]:
         raise ResultsError(f"result row lacks {', '.join(missing)}")
     if out["status"] not in ("ok", "failed"):
         raise ResultsError(f"status must be 'ok' or 'failed', got {out['status']!r}")
-    for cols, cast in ((FLOAT_COLUMNS, float), (INT_COLUMNS, int)):
+    for cols, cast in ((float_columns(), float), (int_columns(), int)):
         for c in cols:
             if out.get(c) is not None:
                 try:
@@ -220,9 +213,9 @@ def read_results(results_dir: str | os.PathLike, *, on_skip=None):
     for c in REQUIRED_COLUMNS + PROVENANCE_COLUMNS:
         if c not in df.columns:
             df[c] = None
-    for c in (c for c in FLOAT_COLUMNS if c in df.columns):
+    for c in (c for c in float_columns() if c in df.columns):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
-    for c in (c for c in INT_COLUMNS if c in df.columns):
+    for c in (c for c in int_columns() if c in df.columns):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
     return df
 

@@ -199,6 +199,7 @@ def _run(cfg: RunConfig, p: Prepared, log) -> tuple[dict, Path]:
 
     from bench.compression import compression_of, inference_param_count
     from bench.evaluate import EvalContext, evaluate
+    from bench.metrics.autoattack import state_dir_for
     from bench.models import build_model
     from bench.train import Budget, Checkpointing, Interrupted, train
 
@@ -273,13 +274,9 @@ def _run(cfg: RunConfig, p: Prepared, log) -> tuple[dict, Path]:
         details = method.describe(model)
         if details:
             row["method_details"] = json.dumps(details, sort_keys=True, default=float)
-        # Keyed by the configuration, not the run id: an interrupted `bench run` repeated with the same
+        # Keyed by the configuration id, not the run id: an interrupted `bench run` repeated with the same
         # flags retrains to the same weights (seeded) and AutoAttack resumes from the finished ε.
-        # The state files are named by a hash of weights, points, ε and attacks, so a stale file is
-        # never reused for a different model.
-        state_key = f"{track.name}__{params_id(cfg.method, p.params)}__c{p.compression:g}__seed{cfg.seed}"
-        state_dir = Path(cfg.results_dir) / ".state" / "".join(
-            ch if ch.isalnum() or ch in "-_.=," else "_" for ch in state_key)
+        state_dir = state_dir_for(cfg.results_dir, p.config_id())
         ectx = EvalContext(device=device, n_eval=p.n_eval, aa_version=cfg.aa_version,
                            skip_attacks=cfg.skip_attacks, state_dir=state_dir,
                            dense_factory=lambda: build_model(track.arch, **model_kwargs),
@@ -367,6 +364,7 @@ def evaluate_stored(run_id: str, results_dir="results", *, n_eval: int | None = 
     import torch
 
     from bench.evaluate import EvalContext, evaluate
+    from bench.metrics.autoattack import state_dir_for
     from bench.models import build_model
     from bench.results import read_results
 
@@ -398,7 +396,7 @@ def evaluate_stored(run_id: str, results_dir="results", *, n_eval: int | None = 
     mean, std = input_normalization(track, data)
     kwargs = dict(num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size,
                   mean=mean, std=std)
-    state_dir = Path(results_dir) / ".state" / f"eval__{parent['run_id']}"
+    state_dir = state_dir_for(results_dir, f"eval__{parent['run_id']}")
     ectx = EvalContext(device=dev, n_eval=n, aa_version=aa_version, skip_attacks=skip_attacks, state_dir=state_dir,
                        dense_factory=lambda: build_model(track.arch, **kwargs), progress=progress,
                        seed=int(parent["seed"]))

@@ -19,14 +19,24 @@ import math
 
 import pandas as pd
 
+#: what makes runs one configuration (their seeds are averaged); see also ``config_id`` (one per seed)
 GROUP_KEYS = ["track", "method", "method_params", "compression_target"]
-#: Numeric per-run columns averaged over seeds (those a results frame lacks are left out).
-METRICS = [
-    "compression", "clean_acc", "robust_acc", "cond_max", "cond_max_raw", "log10_cond_prod", "n_params",
-    "n_nonzero", "flops_per_example", "train_seconds", "images_per_second", "latency_ms_per_batch", "val_acc",
-]
-#: accuracy -> the per-run column holding the number of points it was measured on
-POINTS = {"clean_acc": "n_test", "robust_acc": "aa_n"}
+
+
+def metrics() -> list[str]:
+    """Per-run columns averaged over seeds: those declared with ``agg="mean"`` (:mod:`bench.columns`)."""
+    from bench.columns import aggregated
+
+    return aggregated("mean")
+
+
+def points_of() -> dict[str, str]:
+    """accuracy -> the per-run column holding the number of points it was measured on (declared)."""
+    from bench.columns import accuracies
+
+    return accuracies()
+
+
 #: two-sided 95% normal quantile (as bench.metrics.accuracy.Z95, which imports torch)
 Z95 = 1.959963984540054
 #: what the accuracy cells of :func:`summary_table` mean
@@ -96,26 +106,27 @@ def aggregate(df: pd.DataFrame, *, include_failed: bool = False) -> pd.DataFrame
     base = df if include_failed else df[ok_mask]
     if base.empty:
         return pd.DataFrame()
-    metrics = [m for m in METRICS if m in df.columns]
-    for m in metrics:
+    means = [m for m in metrics() if m in df.columns]
+    points = points_of()
+    for m in means:
         df[m] = pd.to_numeric(df[m], errors="coerce").astype("float64")
     ok = df[ok_mask]
 
     keys = base[GROUP_KEYS].drop_duplicates().reset_index(drop=True)
     g_ok = ok.groupby(GROUP_KEYS, dropna=False, sort=False)
-    mean = g_ok[metrics].mean().add_suffix("_mean")
-    std = g_ok[metrics].std(ddof=1).add_suffix("_std")
+    mean = g_ok[means].mean().add_suffix("_mean")
+    std = g_ok[means].std(ddof=1).add_suffix("_std")
     stats = mean.join(std)
     # Wilson intervals over one seed's worth of points (see the module docstring).
     pool = pd.DataFrame(index=ok.index)
-    for m, n_col in POINTS.items():
+    for m, n_col in points.items():
         acc = ok[m] if m in ok.columns else pd.Series(float("nan"), index=ok.index)
         n = ok[n_col] if n_col in ok.columns else pd.Series(float("nan"), index=ok.index)
         pool[f"{m}_hits"], pool[f"{m}_points"] = _hits_points(acc, n)
     # Grouped exactly as g_ok (same keys, same rows, sort=False), so the rows line up with stats.
     sums = ok[GROUP_KEYS].join(pool).groupby(GROUP_KEYS, dropna=False, sort=False).mean()
     assert len(sums) == len(stats)
-    for m in POINTS:
+    for m in points:
         stats[f"{m}_hits"] = sums[f"{m}_hits"].to_numpy()
         stats[f"{m}_points"] = sums[f"{m}_points"].to_numpy()
         ci = [wilson_interval(h, k) if not (pd.isna(h) or pd.isna(k)) else (float("nan"), float("nan"))
@@ -124,7 +135,9 @@ def aggregate(df: pd.DataFrame, *, include_failed: bool = False) -> pd.DataFrame
         stats[f"{m}_ci_high"] = [c[1] for c in ci]
     stats["seeds"] = g_ok["seed"].nunique() if "seed" in ok.columns else g_ok.size()
     stats["runs"] = g_ok.size()
-    for c in ("robust_eps", "method_id"):
+    from bench.columns import aggregated
+
+    for c in aggregated("first"):
         if c in ok.columns:
             stats[c] = g_ok[c].first()
     g_all = base.groupby(GROUP_KEYS, dropna=False, sort=False)
@@ -173,57 +186,72 @@ def acc_text(mean, std=None, low=None, high=None) -> str:
 
 
 def summary_table(df: pd.DataFrame, per_run: bool = False) -> pd.DataFrame:
-    """A compact, printable table (accuracies as :func:`acc_text`; :data:`LEGEND` says what the cells mean)."""
+    """A compact, printable table (accuracies as :func:`acc_text`; :data:`LEGEND` says what the cells mean).
+
+    Its columns are the ones declared with the "show" view (:func:`bench.columns.shown`), in their
+    ``position`` order; an accuracy brings its points column; a column no row has a value for is left out.
+    """
+    from bench.columns import shown
+
+    cols = shown()
     if per_run:
-        runs = df.copy()
-        for c in ("clean_acc_ci_low", "clean_acc_ci_high", "robust_acc_ci_low", "robust_acc_ci_high", "aa_n"):
-            if c not in runs.columns:
-                runs[c] = None
-        for m, label in (("clean_acc", "clean %"), ("robust_acc", "robust %")):
-            n = runs[POINTS[m]] if POINTS[m] in runs.columns else pd.Series(None, index=runs.index, dtype=object)
-            cells = []
-            for acc, lo, hi, k in zip(runs[m], runs[f"{m}_ci_low"], runs[f"{m}_ci_high"], n):
-                if math.isnan(_num(lo)):  # older rows: the interval from the row's point count
-                    lo, hi = pooled_interval([acc], [k])["ci_low"], pooled_interval([acc], [k])["ci_high"]
-                cells.append(acc_text(acc, None, lo, hi))
-            runs[label] = cells
-        runs["aa_n"] = [("-" if math.isnan(_num(n)) or _num(n) <= 0 else f"{int(_num(n))}") for n in runs["aa_n"]]
-        cols = ["run_id", "status", "track", "method", "seed", "compression", "clean %", "robust %", "aa_n",
-                "robust_eps", "cond_max", "cond_max_raw", "train_seconds", "created_at"]
-        return runs[[c for c in cols if c in runs.columns]].sort_values(["track", "method"])
+        return _per_run_table(df, cols)
     agg = aggregate(df)
     rows = []
     for _, r in agg.iterrows():
-        def ms(name, spec=".3f"):
-            m, s = r.get(f"{name}_mean"), r.get(f"{name}_std")
-            if m is None or pd.isna(m):
-                return "-"
-            return f"{m:{spec}}" + (f" ± {s:{spec}}" if s is not None and not pd.isna(s) else "")
-
-        def acc(name):
-            return acc_text(r.get(f"{name}_mean"), r.get(f"{name}_std"), r.get(f"{name}_ci_low"),
-                            r.get(f"{name}_ci_high"))
-
-        def points(name):
-            k = _num(r.get(f"{name}_points"))
-            return "-" if math.isnan(k) else f"{int(k)}"
-
         target = r["compression_target"]
-        row = {
-            "track": r["track"], "method": r["method"], "params": r["method_params"] if r["method_params"] not in ("{}", "") else "",
-            "target": f"{target:.2f}" if target != "" and not pd.isna(target) else "",
-            "compression": ms("compression"), "clean %": acc("clean_acc"), "test pts": points("clean_acc"),
-            "robust %": acc("robust_acc"), "attacked pts": points("robust_acc"),
-            "eps": f"{r['robust_eps']:.4g}" if "robust_eps" in r and not pd.isna(r["robust_eps"]) else "-",
-            "cond_max": ms("cond_max", ".3g"),
-        }
-        if "cond_max_raw_mean" in agg.columns and agg["cond_max_raw_mean"].notna().any():
-            row["cond_raw"] = ms("cond_max_raw", ".3g")
-        row.update({"train_s": ms("train_seconds", ".1f"), "img/s": ms("images_per_second", ",.0f"),
-                    "seeds": int(r["seeds"])})
+        row = {"track": r["track"], "method": r["method"],
+               "params": r["method_params"] if r["method_params"] not in ("{}", "") else "",
+               "target": f"{target:.2f}" if target != "" and not pd.isna(target) else ""}
+        for c in cols:
+            if c.points:
+                row[c.terminal] = acc_text(r.get(f"{c.name}_mean"), r.get(f"{c.name}_std"),
+                                           r.get(f"{c.name}_ci_low"), r.get(f"{c.name}_ci_high"))
+                k = _num(r.get(f"{c.name}_points"))
+                row[_points_label(c)] = "-" if math.isnan(k) else f"{int(k)}"
+            elif c.agg == "mean":
+                m, sd = r.get(f"{c.name}_mean"), r.get(f"{c.name}_std")
+                row[c.terminal] = "-" if m is None or pd.isna(m) else (
+                    f"{m:{c.fmt}}" + (f" ± {sd:{c.fmt}}" if sd is not None and not pd.isna(sd) else ""))
+            else:
+                v = r.get(c.name)
+                row[c.terminal] = "-" if v is None or pd.isna(v) else c.display(v)
+        row["seeds"] = int(r["seeds"])
         rows.append(row)
     failed = int((df["status"] != "ok").sum())
     t = pd.DataFrame(rows)
     if failed:
         print(f"({failed} failed run(s) not shown; `bench show --all` lists them)")
-    return t
+    # a non-accuracy column no configuration has a value for (e.g. cond_max_raw of older rows) says nothing
+    empty = [c.terminal for c in cols if not c.points and c.terminal in t.columns and (t[c.terminal] == "-").all()]
+    return t.drop(columns=empty)
+
+
+def _points_label(c) -> str:
+    return f"{c.points_label or c.points} pts"
+
+
+def _per_run_table(df: pd.DataFrame, cols) -> pd.DataFrame:
+    runs = df.copy()
+    out = ["run_id", "status", "track", "method", "seed"]
+    for c in cols:
+        if c.points:
+            for part in (c.name, f"{c.name}_ci_low", f"{c.name}_ci_high", c.points):
+                if part not in runs.columns:
+                    runs[part] = None
+            cells = []
+            for acc, lo, hi, k in zip(runs[c.name], runs[f"{c.name}_ci_low"], runs[f"{c.name}_ci_high"], runs[c.points]):
+                if math.isnan(_num(lo)):  # older rows: the interval from the row's point count
+                    pool = pooled_interval([acc], [k])
+                    lo, hi = pool["ci_low"], pool["ci_high"]
+                cells.append(acc_text(acc, None, lo, hi))
+            runs[c.terminal] = cells
+            out.append(c.terminal)
+            if c.board_points:
+                runs[c.points] = [("-" if math.isnan(_num(n)) or _num(n) <= 0 else f"{int(_num(n))}")
+                                  for n in runs[c.points]]
+                out.append(c.points)
+        else:
+            out.append(c.name)
+    out.append("created_at")
+    return runs[[c for c in out if c in runs.columns]].sort_values(["track", "method"])

@@ -17,6 +17,7 @@ try:
 except ImportError:  # `streamlit run` from a checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from leaderboard_app import data as lbd
+from bench import columns
 
 import altair as alt
 import pandas as pd
@@ -27,6 +28,8 @@ CHART_HEIGHT = 330
 #: one colour per curve family (ids of lbd.CURVES; their names come from the rows), the same in every panel
 CURVE_COLORS = {"aa_linf": "#1b9e77", "aa_l2": "#d95f02", "pgd_linf": "#7570b3", "pgd_l2": "#e7298a",
                 "fgsm": "#66a61e"}
+#: for curve families a plugin declares
+_EXTRA_COLORS = ("#e6ab02", "#a6761d", "#666666", "#1f78b4")
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -234,7 +237,8 @@ def _run_curve_charts(curves: pd.DataFrame) -> list[tuple[str, alt.Chart]]:
         names = [part.loc[part["family"] == f, "attack"].iloc[0] for f in fams]
         color = alt.Color("attack:N", title=None,
                           legend=alt.Legend(orient="bottom", direction="vertical", labelLimit=520),
-                          scale=alt.Scale(domain=names, range=[CURVE_COLORS[f] for f in fams]))
+                          scale=alt.Scale(domain=names, range=[CURVE_COLORS.get(f, _EXTRA_COLORS[i % len(_EXTRA_COLORS)])
+                                                               for i, f in enumerate(fams)]))
         x = alt.X("eps:Q", title=f"ε ({norm})")
         y = alt.Y("acc:Q", title="accuracy", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%"))
         tooltip = ["attack:N", alt.Tooltip("eps:Q", format=".4g"), alt.Tooltip("acc:Q", format=".1%"),
@@ -253,41 +257,43 @@ def _run_curve_charts(curves: pd.DataFrame) -> list[tuple[str, alt.Chart]]:
     return out
 
 
+#: printf formats for the declared display formats (bench.columns.Column.fmt)
+_NUMBER_FORMATS = {",.0f": "compact", ".3g": "%.3g", ".1f": "%.1f", ".3f": "%.3f", ".4g": "%.4g"}
+
+
 def _column_config(eps_label: str, headline: str) -> dict:
+    """Streamlit column settings for :func:`lbd.display_table`, from the declared columns (bench.columns)."""
     cc = st.column_config
     pct = dict(min_value=0.0, max_value=100.0, format="%.1f%%")
-    robust_what = headline or "AutoAttack at the track's headline ε"
     ci = ("95% Wilson interval, percent, over the test points (every seed attacks the same points, so "
           "the interval uses one seed's worth: the per-seed average of successes and of points)")
-    return {
+    out = {
         "rank": cc.NumberColumn("rank", format="%d", width=50, help="by robust accuracy, then clean accuracy"),
         "method": cc.TextColumn("method", width=130),
         "settings": cc.TextColumn("settings", width=100, help="method parameters"),
-        "compression": cc.NumberColumn("compression", format="%.1f%%", width=95,
-                                       help="parameters removed, mean over seeds"),
-        "clean acc": cc.ProgressColumn("clean acc", help="test accuracy on the whole test split, mean over seeds",
-                                       width=110, **pct),
-        "± clean": cc.TextColumn("±", help="std of clean accuracy over seeds, percentage points", width=58),
-        "clean 95% CI": cc.TextColumn("clean CI", width=105, help=f"clean accuracy: {ci}, n = test points"),
-        "robust acc": cc.ProgressColumn(f"robust acc {eps_label}".strip(), width=130,
-                                        help=f"{robust_what}; mean over seeds", **pct),
-        "± robust": cc.TextColumn("± ", help="std of robust accuracy over seeds, percentage points", width=58),
-        "robust 95% CI": cc.TextColumn("robust CI", width=105, help=f"robust accuracy: {ci}, n = attacked points"),
-        "attacked": cc.NumberColumn("attacked", format="%d", width=75,
-                                    help="points attacked per seed, the same points for every seed (the n of the robust interval)"),
-        "cond_max": cc.NumberColumn("cond_max", format="%.3g", width=80,
-                                    help="largest per-layer condition number κ with BatchNorm and input normalisation "
-                                         "folded in (the layer's map at inference), mean over seeds"),
-        "cond_max raw": cc.NumberColumn("cond_max raw", format="%.3g", width=95,
-                                        help="largest per-layer κ of the stored weights alone (nothing folded), "
-                                             "mean over seeds; empty for rows from before it was recorded"),
-        "params": cc.NumberColumn("params", format="compact", width=70, help="inference-form parameters"),
-        "FLOPs": cc.NumberColumn("FLOPs", format="compact", width=70, help="multiply-adds per example"),
-        "train s": cc.NumberColumn("train s", format="%.1f", width=70, help="training wall time (s)"),
-        "images/s": cc.NumberColumn("images/s", format="compact", width=80, help="training throughput"),
-        "seeds": cc.NumberColumn("seeds", format="%d", width=60),
-        "failed": cc.NumberColumn("failed", format="%d", width=60, help="failed runs of this configuration"),
     }
+    for c in columns.on_board():
+        help_ = c.help or c.description
+        if c.points:
+            title = c.title
+            if c.name == "robust_acc":  # the headline: its ε and attack come from the rows
+                title = f"{c.title} {eps_label}".strip()
+                help_ = f"{headline or 'AutoAttack at the track headline ε'}; mean over seeds"
+            out[c.title] = cc.ProgressColumn(title, width=120, help=help_, **pct)
+            out[f"± {c.stem}"] = cc.TextColumn("±", width=58, help=f"std of {c.title} over seeds, percentage points")
+            out[f"{c.stem} 95% CI"] = cc.TextColumn(f"{c.stem} CI", width=105,
+                                                   help=f"{c.title}: {ci}, n = {c.points_label or c.points} points")
+            if c.board_points:
+                name = c.points_label or c.points
+                out[name] = cc.NumberColumn(name, format="%d", width=75,
+                                            help=f"points per seed behind {c.title}, the same points for every seed")
+        elif c.unit == "fraction":
+            out[c.title] = cc.NumberColumn(c.title, format="%.1f%%", width=95, help=help_)
+        else:
+            out[c.title] = cc.NumberColumn(c.title, format=_NUMBER_FORMATS.get(c.fmt), width=80, help=help_)
+    out["seeds"] = cc.NumberColumn("seeds", format="%d", width=60)
+    out["failed"] = cc.NumberColumn("failed", format="%d", width=60, help="failed runs of this configuration")
+    return out
 
 
 def _sidebar(loaded: lbd.Loaded):

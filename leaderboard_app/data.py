@@ -18,38 +18,26 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.results import read_results, resolve_results_dir, result_files
+from bench import columns
+from bench.results import PROVENANCE_COLUMNS, read_results, resolve_results_dir, result_files
 from bench.summary import aggregate
 
-#: Columns the app reads beyond bench.results.REQUIRED_COLUMNS; absent ones are added as nulls.
-OPTIONAL_COLUMNS = (
-    "method_id", "aa_curve", "aa_flags", "fgsm_curve", "pgd_linf_curve", "pgd_l2_curve",
-    "layer_names", "layer_kappa", "layer_spectral_norm", "layer_ranks", "log10_cond_prod",
-    "flops_per_example", "latency_ms_per_batch", "dense_latency_ms_per_batch", "n_nonzero",
-    "method_details", "config_json", "traceback", "val_acc",
-    # newer columns (bench/evaluate.py, bench/runner.py); older rows get nulls
-    "track_description", "track_differs", "cond_max_raw", "layer_kappa_raw", "layer_spectral_norm_raw",
-    "layer_folded", "layer_kinds", "layer_shapes", "clean_acc_ci_low", "clean_acc_ci_high", "robust_acc_ci_low",
-    "robust_acc_ci_high", "attacked_indices", "aa_n", "aa_headline_version", "pgd_steps",
-)
-PROVENANCE = (
-    "created_at", "git_commit", "python_version", "torch_version", "torchvision_version",
-    "pyautoattack_version", "device_name", "device", "hostname", "source_file",
-)
+#: Every declared column (bench.columns); a results frame lacking one gets nulls (older rows).
+OPTIONAL_COLUMNS = tuple(c.name for c in columns.all_columns())
+#: shown under "provenance" for a run
+PROVENANCE = tuple(c for c in PROVENANCE_COLUMNS if c != "config_json") + ("device", "source_file")
 #: Curve families a run may carry: id -> (column, norm filter for aa_curve or None). The AutoAttack
 #: families' display names come from the rows (:func:`curve_label`): their ε away from the
-#: headline are usually APGD-CE + APGD-T only, not the standard AutoAttack.
-CURVES = {
-    "aa_linf": ("aa_curve", "Linf"),
-    "aa_l2": ("aa_curve", "L2"),
-    "pgd_linf": ("pgd_linf_curve", None),
-    "pgd_l2": ("pgd_l2_curve", None),
-    "fgsm": ("fgsm_curve", None),
-}
+#: headline are usually APGD-CE + APGD-T only, not the standard AutoAttack. The others are the
+#: declared "curve" columns (id = the column name without ``_curve``).
+CURVES = {"aa_linf": ("aa_curve", "Linf"), "aa_l2": ("aa_curve", "L2")}
+CURVES.update({c.name.removesuffix("_curve"): (c.name, None) for c in columns.curve_columns()})
+_NORM_TEXT = {"Linf": "L∞", "L2": "L2"}
 #: a family's norm as displayed
-FAMILY_NORM = {"aa_linf": "L∞", "aa_l2": "L2", "pgd_linf": "L∞", "pgd_l2": "L2", "fgsm": "L∞"}
+FAMILY_NORM = {"aa_linf": "L∞", "aa_l2": "L2"}
+FAMILY_NORM.update({c.name.removesuffix("_curve"): _NORM_TEXT[c.norm] for c in columns.curve_columns()})
 #: names of the families whose name does not depend on the rows
-FAMILY_NAMES = {"pgd_linf": "PGD L∞", "pgd_l2": "PGD L2", "fgsm": "FGSM"}
+FAMILY_NAMES = {c.name.removesuffix("_curve"): c.title for c in columns.curve_columns()}
 #: AutoAttack's attack names as its paper writes them
 ATTACK_NAMES = {"apgd-ce": "APGD-CE", "apgd-t": "APGD-T", "apgd-dlr": "APGD-DLR", "fab": "FAB", "fab-t": "FAB-T",
                 "square": "Square"}
@@ -219,17 +207,10 @@ def filter_table(lb: pd.DataFrame, *, track: str | None = None, methods: list[st
     return lb[keep]
 
 
-SORTS = {
-    "rank": ("rank", True),
-    "robust accuracy": ("robust_acc_mean", False),
-    "clean accuracy": ("clean_acc_mean", False),
-    "compression": ("compression_mean", False),
-    "cond_max": ("cond_max_mean", True),
-    "parameters": ("n_params_mean", True),
-    "FLOPs": ("flops_per_example_mean", True),
-    "train time": ("train_seconds_mean", True),
-    "images/s": ("images_per_second_mean", False),
-}
+#: the sort menu: label -> (aggregated column, ascending); the declared sortable columns, in display order
+SORTS = {"rank": ("rank", True)}
+SORTS.update({c.sort_label or c.name: (f"{c.name}_mean" if c.agg == "mean" else c.name, c.sort == "asc")
+              for c in sorted(columns.sortable(), key=lambda c: c.position)})
 
 
 def sort_table(lb: pd.DataFrame, by: str = "rank") -> pd.DataFrame:
@@ -260,26 +241,17 @@ def display_table(lb: pd.DataFrame) -> pd.DataFrame:
             return pd.Series(np.nan, index=lb.index)
         return lb[name] * scale if scale != 1.0 else lb[name]
 
-    out = pd.DataFrame({
-        "rank": col("rank"),
-        "method": lb["method"],
-        "settings": col("settings"),
-        "compression": col("compression_mean", 100),
-        "clean acc": col("clean_acc_mean", 100),
-        "± clean": [_pm(s, 100) for s in col("clean_acc_std")],
-        "clean 95% CI": [ci_text(lo, hi) for lo, hi in zip(col("clean_acc_ci_low"), col("clean_acc_ci_high"))],
-        "robust acc": col("robust_acc_mean", 100),
-        "± robust": [_pm(s, 100) for s in col("robust_acc_std")],
-        "robust 95% CI": [ci_text(lo, hi) for lo, hi in zip(col("robust_acc_ci_low"), col("robust_acc_ci_high"))],
-        "attacked": col("robust_acc_points"),
-        "cond_max": col("cond_max_mean"),
-        "cond_max raw": col("cond_max_raw_mean"),
-        "params": col("n_params_mean"),
-        "FLOPs": col("flops_per_example_mean"),
-        "train s": col("train_seconds_mean"),
-        "images/s": col("images_per_second_mean"),
-        "seeds": col("seeds"),
-    })
+    out = pd.DataFrame({"rank": col("rank"), "method": lb["method"], "settings": col("settings")})
+    for c in columns.on_board():  # declared with the "board" view, in position order
+        if c.points:
+            out[c.title] = col(f"{c.name}_mean", 100)
+            out[f"± {c.stem}"] = [_pm(s, 100) for s in col(f"{c.name}_std")]
+            out[f"{c.stem} 95% CI"] = [ci_text(lo, hi) for lo, hi in zip(col(f"{c.name}_ci_low"), col(f"{c.name}_ci_high"))]
+            if c.board_points:
+                out[c.points_label or c.points] = col(f"{c.name}_points")
+        else:
+            out[c.title] = col(f"{c.name}_mean" if c.agg == "mean" else c.name, 100 if c.unit == "fraction" else 1.0)
+    out["seeds"] = col("seeds")
     if "failed" in lb.columns and (lb["failed"] > 0).any():
         out["failed"] = lb["failed"]
     return out.reset_index(drop=True)

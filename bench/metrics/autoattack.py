@@ -300,3 +300,22 @@ def autoattack_curve(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, s
             "seconds": float(time.perf_counter() - t0),
         })
     return result
+
+
+def state_dir_for(results_dir, key: str) -> Path:
+    """Where one configuration's AutoAttack state lives: ``<results_dir>/.state/<key>`` (``key`` is a
+    configuration id, or ``eval__<run id>`` for a re-evaluation). The state files inside are named by a
+    hash of weights, points, ε and attacks, so a stale file is never reused for a different model."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_.=," else "_" for ch in str(key))
+    return Path(results_dir) / ".state" / safe
+
+
+def remove_state(state_dir: Path) -> None:
+    """Drop a finished evaluation's AutoAttack state, and ``.state`` itself when that is left empty."""
+    import shutil
+
+    shutil.rmtree(state_dir, ignore_errors=True)
+    try:
+        Path(state_dir).parent.rmdir()  # only succeeds when empty
+    except OSError:
+        pass
