@@ -142,6 +142,7 @@ def cmd_sweep(args) -> int:
     import time
 
     from bench.config import RunConfig
+    from bench.method import MethodSkipped
     from bench.registry import METHODS
     from bench.results import check_writable
     from bench.runner import prepare
@@ -162,8 +163,13 @@ def cmd_sweep(args) -> int:
     # Seed-major across tracks too: a grid stopped midway leaves whole seeds of every track.
     grid = [c for s in seeds for t in tracks
             for c in expand(dataclasses.replace(base, track=t), methods, comps, [s])]
+    declined = {}
     for cfg in grid:
-        p = prepare(cfg)  # validates every config before the first run starts
+        try:
+            p = prepare(cfg)  # validates every config before the first run starts
+        except MethodSkipped as exc:  # the method's own skip(track): leave it out, say why (once)
+            declined.setdefault((cfg.method, cfg.track), str(exc))
+            continue
         cid = p.config_id()
         if cid not in seen:  # dense ignores the compression target: one run per seed
             seen.add(cid)
@@ -183,6 +189,8 @@ def cmd_sweep(args) -> int:
         head += f", {n_failed_before} failed before (" + (
             "rerun)" if args.retry_failed else "skipped; --retry-failed reruns them)")
     print(f"{head}, {len(todo)} to run", flush=True)
+    for reason in declined.values():
+        print(f"  left out: {reason}", flush=True)
     if args.dry_run:
         for cfg, key in todo:
             print(f"  {key}  {cfg.track} {cfg.method}{_params_text(cfg)} compression={comp_of[key]:g} "

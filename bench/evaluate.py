@@ -16,8 +16,6 @@ from typing import Any, Callable
 import torch
 
 from bench.config import EvalProtocol
-from bench.metrics.families.autoattack import AA_BATCH  # noqa: F401 - re-exported (bench perf)
-from bench.metrics.families.cost import LATENCY_BATCH  # noqa: F401 - re-exported (bench perf)
 
 
 @dataclass

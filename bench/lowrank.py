@@ -9,7 +9,8 @@
   no more (a full-rank layer merges back to one matrix). :meth:`merged` exports it.
 * :func:`plan_ranks` picks per-layer ranks so that a model's inference-form parameter
   count is within 1 % of (1 − c) of the dense count; every low-rank method shares it.
-* :func:`layer_condition` is κ(U S Vᵀ) of a layer. The CondLR step that keeps U, V orthonormal
+* :class:`LowRankMethod` plans the ranks for the low-rank methods; :func:`layer_condition` is
+  κ(U S Vᵀ) of a layer. The CondLR step that keeps U, V orthonormal
   and S conditioned is :class:`bench.condlr.ManifoldSGD`.
 """
 
@@ -23,6 +24,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from bench.compression import inference_param_count
+from bench.method import BuildContext, Method
 
 # --------------------------------------------------------------------------------------------
 # layers
@@ -353,11 +355,24 @@ def plan_ranks(model: nn.Module, compression: float, *, keep_dense: Iterable[str
 
 
 def layer_condition(layer: _LowRank) -> float:
-    """κ of U S Vᵀ (via QR of U and V), equal to κ(S) when U, V are orthonormal."""
-    with torch.no_grad():
-        U, S, V = layer.lowrank_factors()
-        Ru = torch.linalg.qr(U.double())[1]
-        Rv = torch.linalg.qr(V.double())[1]
-        core = Ru @ (S.double() if S is not None else torch.eye(U.shape[1], dtype=torch.float64)) @ Rv.t()
-        s = torch.linalg.svdvals(core)
-        return float(s[0] / s[-1])
+    """κ of U S Vᵀ (the raw κ of :mod:`bench.metrics.conditioning`), equal to κ(S) when U, V are orthonormal."""
+    from bench.metrics.conditioning import lowrank_singular_values
+
+    s = lowrank_singular_values(*layer.lowrank_factors())
+    return float(s[0] / s[-1])
+
+
+class LowRankMethod(Method):
+    """Base of the methods that factorise at matched compression: ``build`` plans the ranks
+    (:func:`plan_compression`, the same plan for every low-rank method), ``describe`` reports it."""
+
+    def __init__(self, params=None):
+        super().__init__(params)
+        self.plan: RankPlan | None = None  # set by build
+
+    def build(self, model, ctx: BuildContext):
+        self.plan = plan_compression(model, ctx.compression)
+        return model
+
+    def describe(self, model) -> dict:
+        return self.plan.describe() if self.plan is not None else {}

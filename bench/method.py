@@ -6,11 +6,27 @@ learning-rate schedule and the budget. A method only customises:
 * ``build(model, ctx)``: convert the freshly initialised dense model (e.g.
   factorise layers) and return the model to train;
 * ``make_optimizer(model, hp)``: the optimizer over its parameters (default:
-  SGD with the trainer's lr/momentum/weight decay over ``param_groups``);
+  SGD with the trainer's lr/momentum/weight decay over ``param_groups``). The trainer
+  owns the learning-rate schedule: before every step it sets each parameter group's
+  ``lr`` to the scheduled lr times the group's ``lr_scale`` (1 when the group has none),
+  so a group may train at a fixed multiple of the track's lr;
+* ``attach_optimizer(optimizer)``: called once with the optimizer the trainer built,
+  before the first step and before a checkpoint is restored; the default keeps it as
+  ``self.optimizer`` for a method that must reach it later (e.g. to swap parameters);
 * ``post_step(model, progress)``: called after every optimizer step with the
   fraction of the budget spent, in [0, 1] (pruning schedules, projections);
 * ``finalize(model)``: once after training (e.g. make pruning masks permanent);
-* ``describe(model)``: extra facts for the result row (ranks, sparsities).
+* ``describe(model)``: extra facts for the result row (ranks, sparsities);
+* ``checkpoint_state()`` / ``restore_checkpoint_state(state, model)``: what a
+  checkpoint keeps of the method beyond the model's and optimizer's state;
+* ``skip(track)`` (class method): a reason why the method cannot run ``track``, or
+  None; `bench run` then stops before training and `bench sweep` leaves the
+  configuration out, saying why.
+
+State a method keeps is created in ``__init__`` or ``build``. The name a method is
+registered under is the one used everywhere (CLI, rows, docs); its class is that
+name in CamelCase (``robust_lowrank``: ``RobustLowRank``) and its parameters class the
+class name + ``Params``.
 
 Parameters are a frozen dataclass ``Params`` with defaults; the CLI validates
 ``--param key=value`` against it.
@@ -60,6 +76,12 @@ class Method:
 
     def __init__(self, params: Any | None = None):
         self.params = params if params is not None else self.Params()
+        self.optimizer = None  # set by attach_optimizer
+
+    @classmethod
+    def skip(cls, track) -> str | None:
+        """Why this method cannot run ``track`` (a :class:`bench.config.Track`), or None when it can."""
+        return None
 
     # -- hooks ----------------------------------------------------------------
     def build(self, model, ctx: BuildContext):
@@ -75,6 +97,10 @@ class Method:
             self.param_groups(model), lr=hp.lr, momentum=hp.momentum,
             weight_decay=hp.weight_decay, nesterov=hp.nesterov and hp.momentum > 0,
         )
+
+    def attach_optimizer(self, optimizer) -> None:
+        """The optimizer the trainer built from :meth:`make_optimizer`, before the first step."""
+        self.optimizer = optimizer
 
     def post_step(self, model, progress: float) -> None:
         return None
@@ -103,6 +129,20 @@ class Method:
             return ""
         wd = next((line for line in doc[1:] if line.startswith("Weight decay:")), None)
         return doc[0] + (f" {wd}" if wd else "")
+
+
+def build_optimizer(method: Method, model, hp: OptimHP):
+    """What every trainer does with a method's optimizer: build it, give every group an ``lr_scale``
+    (default 1; the schedule sets ``lr = scheduled lr × lr_scale``), hand it back to the method."""
+    optimizer = method.make_optimizer(model, hp)
+    for g in optimizer.param_groups:
+        g.setdefault("lr_scale", 1.0)
+    method.attach_optimizer(optimizer)
+    return optimizer
+
+
+class MethodSkipped(ValueError):
+    """A method declined a track (:meth:`Method.skip`); the message says why."""
 
 
 # -- parameters --------------------------------------------------------------

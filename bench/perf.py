@@ -149,10 +149,11 @@ def _build(name: str, compression: float, track, data, device, batch_size: int, 
     import torch
 
     from bench.compression import inference_param_count
-    from bench.method import BuildContext, OptimHP
+    from bench.method import BuildContext, OptimHP, build_optimizer
     from bench.models import build_model
     from bench.registry import METHODS
     from bench.runner import seed_everything
+    from bench.train import total_steps_of
 
     cls = METHODS.get(name)
     method = cls()
@@ -160,15 +161,12 @@ def _build(name: str, compression: float, track, data, device, batch_size: int, 
     seed_everything(seed)
     dense = build_model(track.arch, num_classes=data.num_classes, in_channels=data.in_channels,
                         image_size=data.image_size, mean=mean, std=std).to(device)
-    steps_per_epoch = -(-len(data.y_train) // batch_size)
-    total_steps = max(1, math.ceil(track.epochs * steps_per_epoch))
+    total_steps = max(1, total_steps_of(len(data.y_train), batch_size, track.epochs))
     ctx = BuildContext(compression=compression, example_input=data.x_train[:1].to(device), total_steps=total_steps,
                        seed=seed)
     model = method.build(dense, ctx).to(device)
     hp = OptimHP(lr=track.lr, momentum=track.momentum, weight_decay=track.weight_decay, nesterov=track.nesterov)
-    opt = method.make_optimizer(model, hp)
-    for g in opt.param_groups:  # as bench.train.train does
-        g.setdefault("lr_scale", 1.0)
+    opt = build_optimizer(method, model, hp)  # as bench.train.train does
     model.train()
     return _Entry(name, compression, model, method, opt, torch.Generator().manual_seed(seed), total_steps,
                   n_params=inference_param_count(model))
@@ -214,7 +212,7 @@ def _aa_overhead(model, x, y, *, eps: float, version: str, device, rounds: int, 
     """Seconds of bench's autoattack_curve vs pyautoattack called directly, same model, points, seed, batch."""
     import torch
 
-    from bench.evaluate import AA_BATCH
+    from bench.metrics.families.autoattack import AA_BATCH
     from bench.metrics.autoattack import VERSION_ATTACKS, AAStep, autoattack_curve, capture_flags
 
     try:
@@ -323,7 +321,7 @@ def cmd_perf(args) -> int:
     import torch
 
     from bench.compression import compression_of, inference_param_count
-    from bench.evaluate import LATENCY_BATCH
+    from bench.metrics.families.cost import LATENCY_BATCH
     from bench.metrics.cost import flops_per_example, inference_form, latency_ms
     from bench.registry import METHODS, TRACKS
     from bench.runner import provenance, resolve_device

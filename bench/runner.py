@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import RunConfig, Track
-from bench.method import BuildContext, Method, OptimHP, parse_params, params_id, params_to_dict
+from bench.method import BuildContext, Method, MethodSkipped, OptimHP, parse_params, params_id, params_to_dict
 from bench.registry import METHODS, TRACKS
 from bench.results import check_writable, new_run_id, write_row
 
@@ -38,6 +38,10 @@ class Prepared:
     budget_seconds: float | None
     compression: float
     n_eval: int
+
+    @property
+    def batch_size(self) -> int:
+        return self.cfg.batch_size or self.track.batch_size
 
     def key(self) -> tuple:
         """What makes two runs the same configuration (the seed included): the track, method and
@@ -76,6 +80,9 @@ def prepare(cfg: RunConfig) -> Prepared:
     if not (isinstance(method_cls, type) and issubclass(method_cls, Method)):
         raise TypeError(f"method {cfg.method!r} is not a bench.method.Method subclass")
     params = parse_params(method_cls.Params, cfg.method_params)
+    reason = method_cls.skip(track)
+    if reason:
+        raise MethodSkipped(f"method {cfg.method!r} does not run on track {track.name!r}: {reason}")
     compression = track.compression if cfg.compression is None else float(cfg.compression)
     if not 0.0 <= compression < 1.0:
         raise ValueError(f"--compression must be in [0, 1), got {compression}")
@@ -195,33 +202,52 @@ def run(cfg: RunConfig, *, prepared: Prepared | None = None, log=print) -> tuple
 
 
 def _run(cfg: RunConfig, p: Prepared, log) -> tuple[dict, Path]:
+    """One run, read top to bottom: set up, describe, load the data, build, train, evaluate, write."""
+    from bench.train import Interrupted
+
+    device = _set_up(cfg)
+    row, resolved = _describe(cfg, p, device)
+    data = load_dataset_for(p.track, cfg.data_dir)  # a data set that cannot be found is a set-up error: no row
+    try:
+        model, method, model_kwargs = _build(cfg, p, data, device, row)
+        _train(cfg, p, model, method, data, device, resolved, row, log)
+        row.update(_evaluate(cfg, p, model, data, device, model_kwargs))
+    except (KeyboardInterrupt, Interrupted):
+        raise  # no row: the checkpoint (and AutoAttack state) stay for the rerun
+    except Exception as exc:  # noqa: BLE001 - recorded as a failed row, then re-raised for the caller
+        row.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        path = _write(cfg, row, resolved)
+        raise RunError(row["error"], row, path) from exc
+    return row, _write(cfg, row, resolved)
+
+
+def _set_up(cfg: RunConfig):
+    """The device; threads and deterministic algorithms as the config asks (set either way: a sweep runs many)."""
     import torch
 
-    from bench.compression import compression_of, inference_param_count
-    from bench.evaluate import EvalContext, evaluate
-    from bench.metrics.autoattack import state_dir_for
-    from bench.models import build_model
-    from bench.train import Budget, Checkpointing, Interrupted, train
-
-    track = p.track
     device = resolve_device(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
     if cfg.deterministic:
         # cuBLAS needs this before its first call to be deterministic; harmless elsewhere
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(bool(cfg.deterministic))  # set either way: a sweep runs many configs
-    run_id = new_run_id()
+    torch.use_deterministic_algorithms(bool(cfg.deterministic))
+    return device
+
+
+def _describe(cfg: RunConfig, p: Prepared, device) -> tuple[dict[str, Any], dict]:
+    """The row's identity and provenance columns, and the resolved configuration (``config_json``)."""
+    track = p.track
     resolved = {
         "run": json.loads(cfg.to_json()),
         "track": track.to_dict(),
         "method_params": params_to_dict(p.params),
         "epochs": p.epochs, "budget_seconds": p.budget_seconds,
         "compression_target": p.compression, "n_eval": p.n_eval, "device": str(device),
-        "batch_size": cfg.batch_size or track.batch_size,
+        "batch_size": p.batch_size,
     }
     row: dict[str, Any] = {
-        "run_id": run_id, "status": "ok", "error": None,
+        "run_id": new_run_id(), "status": "ok", "error": None,
         "method": cfg.method, "method_params": json.dumps(params_to_dict(p.params), sort_keys=True),
         "method_id": params_id(cfg.method, p.params),
         "track": track.name, "track_description": track.summary(), "track_differs": track.differs,
@@ -232,68 +258,76 @@ def _run(cfg: RunConfig, p: Prepared, log) -> tuple[dict, Path]:
         "config_json": json.dumps(resolved, sort_keys=True, default=str),
     }
     row.update(provenance(device))
-    # A data set that cannot be found is a set-up error, not a failed run: no row is written.
-    data = load_dataset_for(track, cfg.data_dir)
-    try:
-        row["data_source"] = data.source
-        row["n_train"] = int(len(data.y_train))
-        row["n_val"] = int(len(data.y_val))
-        mean, std = input_normalization(track, data)
-        model_kwargs = dict(num_classes=data.num_classes, in_channels=data.in_channels,
-                            image_size=data.image_size, mean=mean, std=std)
-        seed_everything(cfg.seed)
-        dense = build_model(track.arch, **model_kwargs)
-        row["n_params_dense"] = inference_param_count(dense)
-        method: Method = p.method_cls(p.params)
-        batch_size = cfg.batch_size or track.batch_size
-        steps_per_epoch = -(-len(data.y_train) // batch_size)
-        total_steps = int(-(-p.epochs * steps_per_epoch // 1)) if p.epochs is not None and p.budget_seconds is None else None
-        dense = dense.to(device)
-        example = data.x_train[:1].to(device)
-        ctx = BuildContext(compression=p.compression, example_input=example, total_steps=total_steps, seed=cfg.seed)
-        model = method.build(dense, ctx).to(device)
-        hp = OptimHP(lr=track.lr, momentum=track.momentum, weight_decay=track.weight_decay, nesterov=track.nesterov)
-        ckpt_path = checkpoint_path(cfg.results_dir, resolved)
-        stats = train(model, method, data.x_train, data.y_train, hp=hp,
-                      budget=Budget(epochs=p.epochs, seconds=p.budget_seconds), batch_size=batch_size,
-                      lr_milestones=track.lr_milestones, lr_gamma=track.lr_gamma, augment=track.augment,
-                      seed=cfg.seed, device=device, progress=cfg.progress,
-                      checkpoint=Checkpointing(ckpt_path))
-        if stats.resumed_from_step:
-            log(f"  resumed training from the checkpoint at step {stats.resumed_from_step} ({ckpt_path.name})")
-        method.finalize(model)
-        model.eval()
-        row.update(store_model(model, method, cfg, run_id))
-        row.update({
-            "epochs": stats.epochs, "steps": stats.steps, "train_seconds": stats.train_seconds,
-            "images_per_second": stats.images_per_second, "stopped_by": stats.stopped_by,
-            "final_train_loss": stats.last_loss, "resumed_from_step": stats.resumed_from_step,
-        })
-        row["n_params"] = inference_param_count(model)
-        row["compression"] = compression_of(row["n_params"], row["n_params_dense"])
-        details = method.describe(model)
-        if details:
-            row["method_details"] = json.dumps(details, sort_keys=True, default=float)
-        # Keyed by the configuration id, not the run id: an interrupted `bench run` repeated with the same
-        # flags retrains to the same weights (seeded) and AutoAttack resumes from the finished ε.
-        state_dir = state_dir_for(cfg.results_dir, p.config_id())
-        ectx = EvalContext(device=device, n_eval=p.n_eval, aa_version=cfg.aa_version,
-                           skip_attacks=cfg.skip_attacks, state_dir=state_dir,
-                           dense_factory=lambda: build_model(track.arch, **model_kwargs),
-                           progress=cfg.progress, seed=cfg.seed)
-        row.update(evaluate(model, data, track.eval, ectx))
-    except (KeyboardInterrupt, Interrupted):
-        raise  # no row: the checkpoint (and AutoAttack state) stay for the rerun
-    except Exception as exc:  # noqa: BLE001 - recorded as a failed row, then re-raised for the caller
-        row["status"] = "failed"
-        row["error"] = f"{type(exc).__name__}: {exc}"
-        row["traceback"] = traceback.format_exc()
-        path = write_row(row, cfg.results_dir)
-        _drop_checkpoint(cfg.results_dir, resolved)
-        raise RunError(row["error"], row, path) from exc
+    return row, resolved
+
+
+def _build(cfg: RunConfig, p: Prepared, data, device, row: dict):
+    """The seeded dense model, converted by the method: (model, method, the architecture's kwargs)."""
+    from bench.compression import inference_param_count
+    from bench.models import build_model
+    from bench.train import total_steps_of
+
+    row.update(data_source=data.source, n_train=int(len(data.y_train)), n_val=int(len(data.y_val)))
+    mean, std = input_normalization(p.track, data)
+    model_kwargs = dict(num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size,
+                        mean=mean, std=std)
+    seed_everything(cfg.seed)
+    dense = build_model(p.track.arch, **model_kwargs)
+    row["n_params_dense"] = inference_param_count(dense)
+    method: Method = p.method_cls(p.params)
+    total_steps = total_steps_of(len(data.y_train), p.batch_size, p.epochs) if p.budget_seconds is None else None
+    ctx = BuildContext(compression=p.compression, example_input=data.x_train[:1].to(device),
+                       total_steps=total_steps, seed=cfg.seed)
+    return method.build(dense.to(device), ctx).to(device), method, model_kwargs
+
+
+def _train(cfg: RunConfig, p: Prepared, model, method: Method, data, device, resolved: dict, row: dict, log) -> None:
+    """Train (resuming from the configuration's checkpoint), finalise, store the model; the training columns."""
+    from bench.compression import compression_of, inference_param_count
+    from bench.train import Budget, Checkpointing, train
+
+    track = p.track
+    hp = OptimHP(lr=track.lr, momentum=track.momentum, weight_decay=track.weight_decay, nesterov=track.nesterov)
+    ckpt_path = checkpoint_path(cfg.results_dir, resolved)
+    stats = train(model, method, data.x_train, data.y_train, hp=hp,
+                  budget=Budget(epochs=p.epochs, seconds=p.budget_seconds), batch_size=p.batch_size,
+                  lr_milestones=track.lr_milestones, lr_gamma=track.lr_gamma, augment=track.augment,
+                  seed=cfg.seed, device=device, progress=cfg.progress, checkpoint=Checkpointing(ckpt_path))
+    if stats.resumed_from_step:
+        log(f"  resumed training from the checkpoint at step {stats.resumed_from_step} ({ckpt_path.name})")
+    method.finalize(model)
+    model.eval()
+    row.update(store_model(model, method, cfg, row["run_id"]))
+    row.update(epochs=stats.epochs, steps=stats.steps, train_seconds=stats.train_seconds,
+               images_per_second=stats.images_per_second, stopped_by=stats.stopped_by,
+               final_train_loss=stats.last_loss, resumed_from_step=stats.resumed_from_step)
+    row["n_params"] = inference_param_count(model)
+    row["compression"] = compression_of(row["n_params"], row["n_params_dense"])
+    details = method.describe(model)
+    if details:
+        row["method_details"] = json.dumps(details, sort_keys=True, default=float)
+
+
+def _evaluate(cfg: RunConfig, p: Prepared, model, data, device, model_kwargs: dict) -> dict:
+    """Every metric family's columns. The AutoAttack state is keyed by the configuration id, not the
+    run id: an interrupted `bench run` repeated with the same flags retrains to the same weights
+    (seeded) and AutoAttack resumes from the finished ε."""
+    from bench.evaluate import EvalContext, evaluate
+    from bench.metrics.autoattack import state_dir_for
+    from bench.models import build_model
+
+    ectx = EvalContext(device=device, n_eval=p.n_eval, aa_version=cfg.aa_version, skip_attacks=cfg.skip_attacks,
+                       state_dir=state_dir_for(cfg.results_dir, p.config_id()),
+                       dense_factory=lambda: build_model(p.track.arch, **model_kwargs),
+                       progress=cfg.progress, seed=cfg.seed)
+    return evaluate(model, data, p.track.eval, ectx)
+
+
+def _write(cfg: RunConfig, row: dict, resolved: dict) -> Path:
+    """Write the row (atomically); the checkpoint has served its purpose once the row is safe."""
     path = write_row(row, cfg.results_dir)
     _drop_checkpoint(cfg.results_dir, resolved)
-    return row, path
+    return path
 
 
 def models_dir(cfg: RunConfig) -> Path:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bench.method import Interrupted, Method, OptimHP  # Interrupted lives there: the CLI catches it torch-free
+from bench.method import Interrupted, Method, OptimHP, build_optimizer  # Interrupted: the CLI catches it torch-free
 
 
 class BudgetError(ValueError):
@@ -106,6 +106,13 @@ class Checkpointing:
 
 
 
+def total_steps_of(n_train: int, batch_size: int, epochs: float | None) -> int | None:
+    """Optimizer steps in an epoch budget (the last batch of an epoch may be short); None without one."""
+    if epochs is None:
+        return None
+    return math.ceil(epochs * math.ceil(n_train / batch_size))
+
+
 def _save_checkpoint(path, state: dict) -> None:
     import os
     import tempfile
@@ -152,10 +159,8 @@ def train(model: torch.nn.Module, method: Method, x_train: torch.Tensor, y_train
     if n == 0:
         raise BudgetError("the training split is empty")
     steps_per_epoch = math.ceil(n / batch_size)
-    total_steps = math.ceil(budget.epochs * steps_per_epoch) if budget.epochs is not None else None
-    optimizer = method.make_optimizer(model, hp)
-    for g in optimizer.param_groups:
-        g.setdefault("lr_scale", 1.0)
+    total_steps = total_steps_of(n, batch_size, budget.epochs)
+    optimizer = build_optimizer(method, model, hp)
     gen = torch.Generator().manual_seed(seed)
     x_dev = x_train.to(device)
     y_dev = y_train.to(device)

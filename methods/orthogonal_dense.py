@@ -14,11 +14,11 @@ from typing import Literal
 
 from bench.method import BuildContext
 from bench.registry import register_method
-from methods.robust_lowrank import CondLRParams, RobustLowRank
+from methods.robust_lowrank import RobustLowRank, RobustLowRankParams
 
 
 @dataclass(frozen=True)
-class OrthogonalParams(CondLRParams):
+class OrthogonalDenseParams(RobustLowRankParams):
     #: mean: W = √a·(U Q Vᵀ), a scaled orthogonal matrix, κ = 1 (a free per layer); unit: W = U Q Vᵀ,
     #: every singular value 1 (W on the Stiefel manifold, as the paper's orthogonal baselines);
     #: approx_orth: κ(W) ≤ kappa
@@ -32,7 +32,7 @@ class OrthogonalDense(RobustLowRank):
     Weight decay: none on U, V; the track's on S (hence on the scale a), biases and BatchNorm.
     """
 
-    Params = OrthogonalParams
+    Params = OrthogonalDenseParams
     compresses = False
 
     def build(self, model, ctx: BuildContext):

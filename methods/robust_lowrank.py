@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from bench.condlr import ManifoldSGD, orthonormalize_layer_
-from bench.lowrank import is_factorizable, lowrank_from_dense, lowrank_layers, plan_compression, replace_module
-from bench.method import BuildContext, Method, OptimHP
+from bench.lowrank import LowRankMethod, is_factorizable, lowrank_from_dense, lowrank_layers, replace_module
+from bench.method import BuildContext, OptimHP
 from bench.registry import register_method
 
 
 @dataclass(frozen=True)
-class CondLRParams:
+class RobustLowRankParams:
     #: approx_orth: κ(S) ≤ kappa after every step; mean: S = √a·(orthogonal), κ(S) = 1
     mode: Literal["approx_orth", "mean"] = "approx_orth"
     #: the bound κ̄ of approx_orth (the paper's τ ≈ κ̄ − 1); ignored by mean
@@ -29,7 +29,7 @@ class CondLRParams:
 
 
 @register_method("robust_lowrank")
-class RobustLowRank(Method):
+class RobustLowRank(LowRankMethod):
     """CondLR: orthonormal U, V and conditioned S (κ ≤ kappa) in every layer, classifier full rank.
 
     Weight decay: none on U, V (they stay orthonormal); the track's on S, biases and BatchNorm.
@@ -37,7 +37,7 @@ class RobustLowRank(Method):
     about as much as it moves a dense W; ``step_scale=reference`` uses the paper code's scale.
     """
 
-    Params = CondLRParams
+    Params = RobustLowRankParams
 
     def build(self, model, ctx: BuildContext):
         # Every Linear/Conv2d becomes U S Vᵀ under the constraint: the planned ones at their rank,
@@ -46,7 +46,7 @@ class RobustLowRank(Method):
         # it counts as dense, and the bound κ ≤ kappa then holds for every weight layer of the
         # network, not only the compressed ones. (Grouped convolutions would stay unconstrained;
         # no built-in model has one.)
-        self.plan = plan_compression(model, ctx.compression)
+        super().build(model, ctx)  # the rank plan shared by every low-rank method
         for name, mod in list(model.named_modules()):
             if name and is_factorizable(mod):
                 rank = self.plan.ranks.get(name, min(mod.weight.shape[0], mod.weight[0].numel()))
@@ -67,7 +67,7 @@ class RobustLowRank(Method):
             orthonormalize_layer_(layer, self.params.mode, self.params.kappa)
 
     def describe(self, model) -> dict:
-        d = self.plan.describe() if hasattr(self, "plan") else {}
+        d = super().describe(model)
         d.update(mode=self.params.mode, kappa_bar=self.params.kappa if self.params.mode == "approx_orth" else 1.0,
                  conditioned_layers=[n for n, _ in lowrank_layers(model)])
         return d

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.lowrank import lowrank_from_dense, plan_compression, replace_module
-from bench.method import BuildContext, Method, OptimHP
+from bench.lowrank import LowRankMethod, lowrank_from_dense, replace_module
+from bench.method import BuildContext
 from bench.registry import register_method
 
 
@@ -24,7 +24,7 @@ class SVDPruneParams:
 
 
 @register_method("svd_prune")
-class SVDPrune(Method):
+class SVDPrune(LowRankMethod):
     """Train dense, truncate the SVD to the low-rank ranks at `switch` of the budget, fine-tune (not the paper's SVD-prune).
 
     Weight decay: the track's, on every parameter (dense weights, then the factors).
@@ -32,18 +32,16 @@ class SVDPrune(Method):
 
     Params = SVDPruneParams
 
-    def build(self, model, ctx: BuildContext):
-        self.plan = plan_compression(model, ctx.compression)
+    def __init__(self, params=None):
+        super().__init__(params)
         self.truncated = False
-        self._optimizer = None
-        return model
 
-    def make_optimizer(self, model, hp: OptimHP):
-        # The trainer builds the optimizer once; at the switch the dense weights leave its
-        # parameter groups and the new factors join the same groups, so the trainer keeps
+    def build(self, model, ctx: BuildContext):
+        # The rank plan now; the model stays dense until the switch. The trainer builds the optimizer
+        # once (self.optimizer, attached before the first step); at the switch the dense weights
+        # leave its parameter groups and the new factors join the same groups, so the trainer keeps
         # setting their lr (lr_scale stays as it was). Their momentum starts from zero.
-        self._optimizer = super().make_optimizer(model, hp)
-        return self._optimizer
+        return super().build(model, ctx)
 
     def post_step(self, model, progress: float) -> None:
         if not self.truncated and progress >= self.params.switch:
@@ -59,8 +57,8 @@ class SVDPrune(Method):
             old = model.get_submodule(name)
             new = lowrank_from_dense(old, rank, with_s=False, split="balanced").train(model.training)
             replace_module(model, name, new)
-            if self._optimizer is not None:
-                _swap_params(self._optimizer, list(old.parameters()), list(new.parameters()))
+            if self.optimizer is not None:
+                _swap_params(self.optimizer, list(old.parameters()), list(new.parameters()))
         self.truncated = True
 
     def checkpoint_state(self) -> dict:
@@ -71,7 +69,7 @@ class SVDPrune(Method):
             self.truncate(model)  # the factors' values come from the model state dict loaded next
 
     def describe(self, model) -> dict:
-        d = self.plan.describe() if hasattr(self, "plan") else {}
+        d = super().describe(model)
         d["switch"] = self.params.switch
         return d
 

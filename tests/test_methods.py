@@ -13,7 +13,7 @@ from torch import nn
 from bench.compression import inference_param_count
 from bench.lowrank import (LowRankConv2d, LowRankLinear, classifier_name, layer_condition,
                            lowrank_layers, plan_ranks)
-from bench.method import BuildContext, OptimHP
+from bench.method import BuildContext, Method, NoParams, OptimHP, build_optimizer
 from bench.metrics.cost import inference_form
 from bench.models import build_model
 from bench.registry import METHODS
@@ -171,8 +171,8 @@ def test_pruning_schedule_is_gradual_and_monotone():
 def test_svd_prune_switches_the_optimizer_to_the_factors():
     method, model, _, _ = _build("svd_prune", 0.8, switch=0.5)
     x, y = _data()
-    opt = method.make_optimizer(model, HP)
-    method._optimizer = opt
+    opt = build_optimizer(method, model, HP)  # as the trainer does: the method gets it via attach_optimizer
+    assert method.optimizer is opt
     method.post_step(model, 0.4)
     assert not lowrank_layers(model)
     method.post_step(model, 0.5)
@@ -183,3 +183,42 @@ def test_svd_prune_switches_the_optimizer_to_the_factors():
     opt.zero_grad()
     F.cross_entropy(model(x), y).backward()
     opt.step()
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_one_name_per_method(name):
+    """The registered name is the class name in CamelCase (any capitals) and its parameters class is that + 'Params'."""
+    cls = METHODS.get(name)
+    assert cls.__name__.lower() == name.replace("_", "").lower(), cls.__name__
+    assert cls.Params is NoParams or cls.Params.__name__ == cls.__name__ + "Params", cls.Params.__name__
+    assert cls.summary(), "a method's docstring says what it is (bench list)"
+
+
+def test_a_method_can_decline_a_track(tmp_path, capsys):
+    """Method.skip(track): `bench run` stops before training with the reason; a sweep leaves it out."""
+    from bench.cli import main
+    from bench.config import RunConfig
+    from bench.method import MethodSkipped
+    from bench.runner import prepare
+
+    class NoDigits(Method):
+        """Declines every digits track."""
+
+        @classmethod
+        def skip(cls, track):
+            return "needs colour images" if track.dataset == "digits" else None
+
+    METHODS.add("_no_digits", NoDigits)
+    try:
+        with pytest.raises(MethodSkipped, match="needs colour images"):
+            prepare(RunConfig(method="_no_digits", track="digits-cnn", results_dir=str(tmp_path)))
+        assert prepare(RunConfig(method="dense", track="digits-cnn", results_dir=str(tmp_path))).config_id()
+        assert main(["run", "--method", "_no_digits", "--track", "digits-cnn", "--results-dir", str(tmp_path)]) == 2
+        assert "needs colour images" in capsys.readouterr().err
+        assert main(["sweep", "--track", "digits-cnn", "--methods", "dense,_no_digits", "--seeds", "0,1",
+                     "--results-dir", str(tmp_path), "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        assert "2 configurations" in out and out.count("left out:") == 1 and "needs colour images" in out
+        assert not list(tmp_path.glob("*.parquet"))
+    finally:
+        METHODS._entries.pop("_no_digits", None)
