@@ -288,11 +288,11 @@ def _train(cfg: RunConfig, p: Prepared, model, method: Method, data, device, res
 
     track = p.track
     hp = OptimHP(lr=track.lr, momentum=track.momentum, weight_decay=track.weight_decay, nesterov=track.nesterov)
-    ckpt_path = checkpoint_path(cfg.results_dir, resolved)
+    ckpt_path = checkpoint_path(cfg.results_dir, p.config_id())
     stats = train(model, method, data.x_train, data.y_train, hp=hp,
                   budget=Budget(epochs=p.epochs, seconds=p.budget_seconds), batch_size=p.batch_size,
                   lr_milestones=track.lr_milestones, lr_gamma=track.lr_gamma, augment=track.augment,
-                  seed=cfg.seed, device=device, progress=cfg.progress, checkpoint=Checkpointing(ckpt_path))
+                  seed=cfg.seed, device=device, progress=cfg.progress, checkpoint=Checkpointing(ckpt_path, identity=training_identity(resolved)))
     if stats.resumed_from_step:
         log(f"  resumed training from the checkpoint at step {stats.resumed_from_step} ({ckpt_path.name})")
     method.finalize(model)
@@ -326,7 +326,7 @@ def _evaluate(cfg: RunConfig, p: Prepared, model, data, device, model_kwargs: di
 def _write(cfg: RunConfig, row: dict, resolved: dict) -> Path:
     """Write the row (atomically); the checkpoint has served its purpose once the row is safe."""
     path = write_row(row, cfg.results_dir)
-    _drop_checkpoint(cfg.results_dir, resolved)
+    _drop_checkpoint(cfg.results_dir, row["config_id"])
     return path
 
 
@@ -467,23 +467,27 @@ def load_dataset_for(track: Track, data_dir):
     return load_dataset(track.dataset, data_dir, val_fraction=track.val_fraction, train_subset=track.train_subset)
 
 
-def checkpoint_path(results_dir, resolved: dict) -> Path:
-    """``<results_dir>/.ckpt/<track>__<method>__<hash>.pt``: the hash covers everything that decides
-    the trained weights (track, method and parameters, compression, seed, budget, batch size), so a
-    rerun with the same flags finds its checkpoint and a changed one never resumes a wrong one."""
+def checkpoint_path(results_dir, config_id: str) -> Path:
+    """``<results_dir>/.ckpt/<config_id>.pt``: named by the configuration id, like its claim, its
+    AutoAttack state and its row's ``config_id``, so a rerun with the same flags finds it."""
+    return Path(results_dir) / ".ckpt" / f"{config_id}.pt"
+
+
+def training_identity(resolved: dict) -> str:
+    """A hash of everything that decides the trained weights (track definition, method and parameters,
+    compression, seed, budget, batch size), stored in the checkpoint: the configuration id leaves the
+    batch size and the track's definition out, so a checkpoint whose identity differs is not resumed."""
     import hashlib
 
     run = resolved["run"]
     ident = {k: resolved[k] for k in ("track", "method_params", "epochs", "budget_seconds", "compression_target",
                                       "batch_size")}
     ident.update(method=run["method"], seed=run["seed"])
-    digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    name = f"{resolved['track']['name']}__{run['method']}__{digest}.pt"
-    return Path(results_dir) / ".ckpt" / "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _drop_checkpoint(results_dir, resolved: dict) -> None:
-    path = checkpoint_path(results_dir, resolved)
+def _drop_checkpoint(results_dir, config_id: str) -> None:
+    path = checkpoint_path(results_dir, config_id)
     path.unlink(missing_ok=True)
     for partial in path.parent.glob(f".{path.name}.*.partial"):  # left by a writer killed mid-save
         partial.unlink(missing_ok=True)

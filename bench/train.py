@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -102,6 +103,9 @@ class Checkpointing:
     path: str | os.PathLike
     every_steps: int | None = None
     every_seconds: float | None = 600.0
+    #: what decides the trained weights (bench.runner.training_identity); a checkpoint saved under
+    #: another identity is not resumed (training starts over and overwrites it)
+    identity: str = ""
 
 
 
@@ -172,6 +176,10 @@ def train(model: torch.nn.Module, method: Method, x_train: torch.Tensor, y_train
     perm, pos = None, steps_per_epoch  # the epoch's data order and the next batch in it
     resumed_from = 0
     saved = load_checkpoint(checkpoint.path) if checkpoint is not None else None
+    if saved is not None and saved.get("identity", "") != checkpoint.identity:
+        warnings.warn(f"checkpoint {checkpoint.path} belongs to another training configuration "
+                      f"({saved.get('identity')!r}, not {checkpoint.identity!r}); training from the start", UserWarning)
+        saved = None
     if saved is not None:
         method.restore_checkpoint_state(saved["method"], model)
         model.load_state_dict(saved["model"])
@@ -202,7 +210,7 @@ def train(model: torch.nn.Module, method: Method, x_train: torch.Tensor, y_train
             "method": method.checkpoint_state(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             "step": step, "images": images, "train_seconds": spent + elapsed, "progress": progress_frac,
-            "pos": pos, "perm": perm.cpu() if perm is not None else None,
+            "pos": pos, "perm": perm.cpu() if perm is not None else None, "identity": checkpoint.identity,
         })
 
     bar = tqdm(total=total_steps, initial=step, disable=not progress, desc="train", unit="step", leave=False,

@@ -120,13 +120,26 @@ def _build(name):
     return method, model
 
 
-def _fit(method, model, ckpt=None):
+def _fit(method, model, ckpt=None, identity=""):
     from bench.train import Checkpointing
 
     x, y = _data()
     return train(model, method, x, y, hp=OptimHP(lr=0.05, momentum=0.9, weight_decay=5e-4),
                  budget=Budget(epochs=4), batch_size=32, seed=3, device=torch.device("cpu"), progress=False,
-                 checkpoint=Checkpointing(ckpt, every_steps=3) if ckpt else None)
+                 checkpoint=Checkpointing(ckpt, every_steps=3, identity=identity) if ckpt else None)
+
+
+def test_a_checkpoint_of_another_training_configuration_is_not_resumed(tmp_path, one_thread):
+    ckpt = tmp_path / "run.pt"
+    method, model = _build("dense")
+    with pytest.raises(_Kill):
+        _fit(_killing(method, 11), model, ckpt, identity="batch32")
+    method, model = _build("dense")
+    with pytest.warns(UserWarning, match="another training configuration"):
+        stats = _fit(method, model, ckpt, identity="batch64")
+    assert stats.resumed_from_step == 0 and stats.steps == 16
+    method, model = _build("dense")  # the checkpoint now holds the batch64 training (last saved at step 15)
+    assert _fit(method, model, ckpt, identity="batch64").resumed_from_step > 0  # its own: resumed
 
 
 @pytest.mark.parametrize("name", ["dense", "pruning", "svd_prune", "robust_lowrank"])
