@@ -19,6 +19,8 @@ import math
 
 import pandas as pd
 
+from bench.stats import Z95, wilson_interval  # noqa: F401 - re-exported for the leaderboard
+
 #: what makes runs one configuration (their seeds are averaged); see also ``config_id`` (one per seed)
 GROUP_KEYS = ["track", "method", "method_params", "compression_target"]
 
@@ -37,30 +39,10 @@ def points_of() -> dict[str, str]:
     return accuracies()
 
 
-#: two-sided 95% normal quantile (as bench.metrics.accuracy.Z95, which imports torch)
-Z95 = 1.959963984540054
 #: what the accuracy cells of :func:`summary_table` mean
 LEGEND = ("accuracies in %: mean ± std over seeds [95% Wilson interval over the test points, which the seeds share]; "
           "points = test points (clean) and attacked points (robust) per seed; "
           "cond_max with BatchNorm and input normalisation folded in, cond_raw of the stored weights")
-
-
-def wilson_interval(successes: float, n: float, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of ``successes / n``; (nan, nan) for n = 0.
-
-    The same formula as :func:`bench.metrics.accuracy.wilson_interval`, kept here so the
-    leaderboard never imports torch (a test checks the two agree).
-    """
-    if not n or n <= 0:
-        return float("nan"), float("nan")
-    p = min(max(successes / n, 0.0), 1.0)
-    z2 = z * z
-    denom = 1.0 + z2 / n
-    centre = (p + z2 / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
-    low = 0.0 if p == 0.0 else max(0.0, centre - half)
-    high = 1.0 if p == 1.0 else min(1.0, centre + half)
-    return low, high
 
 
 def pooled_interval(acc, n) -> dict:
