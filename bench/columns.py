@@ -84,6 +84,12 @@ class Column:
         return self.label or self.name
 
     @property
+    def aggregate_key(self) -> str:
+        """The column holding its per-configuration value in an aggregated table: ``<name>_mean`` for
+        ``agg="mean"``, else the name itself."""
+        return f"{self.name}_mean" if self.agg == "mean" else self.name
+
+    @property
     def stem(self) -> str:
         """An accuracy's label without ' acc' ('clean acc' -> 'clean'): names its '± stem' and 'stem 95% CI' cells."""
         return self.title[:-4] if self.title.endswith(" acc") else self.title
@@ -281,10 +287,6 @@ def all_columns() -> list[Column]:
     return cols
 
 
-def column(name: str) -> Column | None:
-    return next((c for c in all_columns() if c.name == name), None)
-
-
 def aggregated(agg: str = "mean") -> list[str]:
     """Names of the columns aggregated with ``agg`` over seeds, in declaration order."""
     return [c.name for c in all_columns() if c.agg == agg]
@@ -349,5 +351,5 @@ def reference_markdown() -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Column", "fmt", "EvalInputs", "MetricFamily", "RUN_COLUMNS", "families", "all_columns", "column", "aggregated",
+__all__ = ["Column", "fmt", "EvalInputs", "MetricFamily", "RUN_COLUMNS", "families", "all_columns", "aggregated",
            "accuracies", "shown", "on_board", "sortable", "curve_columns", "reference_markdown"]

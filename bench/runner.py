@@ -216,9 +216,9 @@ def _run(cfg: RunConfig, p: Prepared, log) -> tuple[dict, Path]:
         raise  # no row: the checkpoint (and AutoAttack state) stay for the rerun
     except Exception as exc:  # noqa: BLE001 - recorded as a failed row, then re-raised for the caller
         row.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
-        path = _write(cfg, row, resolved)
+        path = _write(cfg, row)
         raise RunError(row["error"], row, path) from exc
-    return row, _write(cfg, row, resolved)
+    return row, _write(cfg, row)
 
 
 def _set_up(cfg: RunConfig):
@@ -292,7 +292,8 @@ def _train(cfg: RunConfig, p: Prepared, model, method: Method, data, device, res
     stats = train(model, method, data.x_train, data.y_train, hp=hp,
                   budget=Budget(epochs=p.epochs, seconds=p.budget_seconds), batch_size=p.batch_size,
                   lr_milestones=track.lr_milestones, lr_gamma=track.lr_gamma, augment=track.augment,
-                  seed=cfg.seed, device=device, progress=cfg.progress, checkpoint=Checkpointing(ckpt_path, identity=training_identity(resolved)))
+                  seed=cfg.seed, device=device, progress=cfg.progress,
+                  checkpoint=Checkpointing(ckpt_path, identity=training_identity(resolved)))
     if stats.resumed_from_step:
         log(f"  resumed training from the checkpoint at step {stats.resumed_from_step} ({ckpt_path.name})")
     method.finalize(model)
@@ -323,7 +324,7 @@ def _evaluate(cfg: RunConfig, p: Prepared, model, data, device, model_kwargs: di
     return evaluate(model, data, p.track.eval, ectx)
 
 
-def _write(cfg: RunConfig, row: dict, resolved: dict) -> Path:
+def _write(cfg: RunConfig, row: dict) -> Path:
     """Write the row (atomically); the checkpoint has served its purpose once the row is safe."""
     path = write_row(row, cfg.results_dir)
     _drop_checkpoint(cfg.results_dir, row["config_id"])

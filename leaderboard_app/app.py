@@ -308,7 +308,7 @@ def _sidebar(loaded: lbd.Loaded):
     methods = st.sidebar.multiselect("Methods", all_methods, default=all_methods, key=f"methods::{track}")
     lo, hi = st.sidebar.slider("Compression (fraction removed)", 0.0, 1.0, (0.0, 1.0), step=0.05, key="compression")
     hide_failed = st.sidebar.checkbox("Hide failed runs", value=True, key="hide_failed")
-    sort_by = st.sidebar.selectbox("Sort by", list(lbd.SORTS), key="sort_by")
+    sort_by = st.sidebar.selectbox("Sort by", list(lbd.sorts()), key="sort_by")
     show_paper = st.sidebar.checkbox(
         "Show the paper's reported numbers", value=True, key="show_paper",
         help="The published numbers (leaderboard_app/paper_reference.csv) for this track's dataset and "

@@ -207,14 +207,18 @@ def filter_table(lb: pd.DataFrame, *, track: str | None = None, methods: list[st
     return lb[keep]
 
 
-#: the sort menu: label -> (aggregated column, ascending); the declared sortable columns, in display order
-SORTS = {"rank": ("rank", True)}
-SORTS.update({c.sort_label or c.name: (f"{c.name}_mean" if c.agg == "mean" else c.name, c.sort == "asc")
-              for c in sorted(columns.sortable(), key=lambda c: c.position)})
+def sorts() -> dict[str, tuple[str, bool]]:
+    """The sort menu: label -> (aggregated column, ascending); rank, then the declared sortable columns
+    in display order."""
+    out = {"rank": ("rank", True)}
+    out.update({c.sort_label or c.name: (c.aggregate_key, c.sort == "asc")
+                for c in sorted(columns.sortable(), key=lambda c: c.position)})
+    return out
 
 
 def sort_table(lb: pd.DataFrame, by: str = "rank") -> pd.DataFrame:
-    col, ascending = SORTS.get(by, SORTS["rank"])
+    menu = sorts()
+    col, ascending = menu.get(by, menu["rank"])
     if lb.empty or col not in lb.columns:
         return lb
     return lb.sort_values([col, "method"], ascending=[ascending, True], na_position="last", kind="stable")
@@ -250,7 +254,7 @@ def display_table(lb: pd.DataFrame) -> pd.DataFrame:
             if c.board_points:
                 out[c.points_label or c.points] = col(f"{c.name}_points")
         else:
-            out[c.title] = col(f"{c.name}_mean" if c.agg == "mean" else c.name, 100 if c.unit == "fraction" else 1.0)
+            out[c.title] = col(c.aggregate_key, 100 if c.unit == "fraction" else 1.0)
     out["seeds"] = col("seeds")
     if "failed" in lb.columns and (lb["failed"] > 0).any():
         out["failed"] = lb["failed"]
