@@ -8,9 +8,15 @@ guard that keeps the invariants is a ``torch.where`` on values computed for the 
 * The layers are bucketed once by shape: factors (n×r) of one shape stack, small ones are padded
   into one bucket (:class:`_Bucket`), cores S likewise (:class:`_CoreBucket`); each stage of the
   step is one batched call per bucket (a bucket of one layer is a view, no copy).
-* :func:`cholesky_qr` is the retraction: Cholesky-QR with the Gram matrix, the r×r Cholesky and
-  the solve in float64 (orthonormal to float32 rounding for κ(X) up to 1e5), and a completion
-  for (numerically) rank-deficient input, so that Q is orthonormal whatever X is.
+* The tangent projection (I − XXᵀ)G needs XᵀG; for W = U S Vᵀ it is read off the core's
+  gradient, UᵀG_U = G_S Sᵀ and VᵀG_V = G_Sᵀ S (r×r products), so projecting costs one n×r×r
+  product per factor instead of two (``core_gradient=True``, the default; it assumes, as every
+  loss of the network's output does, that U and V get their gradients through W alone).
+* :func:`cholesky_qr` is the retraction: Cholesky-QR2 (two passes) with the n×r work in
+  float32 and the r×r Cholesky factorisations in float64 (orthonormal to float32 rounding for
+  κ(X) up to about 1e3; an optimizer step from an orthonormal factor has κ(X) ≈ 1), a
+  completion for (numerically) rank-deficient input, and a certificate of the second pass
+  whose failure keeps the factor from before the step, so that Q is orthonormal whatever X is.
 * :func:`condition_s` conditions S from a float64 ``eigh`` of SᵀS (r×r), accurate for κ(S) up to
   1e5 before the step; beyond that (or for a non-finite S) a fallback still lands on the
   constraint set.
@@ -18,8 +24,8 @@ guard that keeps the invariants is a ``torch.where`` on values computed for the 
 On CUDA, ``torch.linalg.eigh`` checks its LAPACK status on the host (one synchronisation per
 call, inside PyTorch): the approx_orth mode pays one per core bucket per step (two with
 ``step_scale="reference"``); the mean mode with the default step scale uses only matmuls,
-``cholesky_ex`` and triangular solves, none of which synchronises. Float64 matmuls are full
-speed on H100/H200-class GPUs and on CPUs, not on consumer GPUs.
+``cholesky_ex`` and triangular solves, none of which synchronises. The float64 work is r×r
+only (full speed on H100/H200-class GPUs and on CPUs, slow on consumer GPUs).
 """
 
 from __future__ import annotations
@@ -35,15 +41,20 @@ from torch import nn
 _KAPPA_MARGIN = 1e-4
 
 # cholesky_qr treats X as rank-deficient when κ_F(X) = ‖L‖_F‖L⁻¹‖_F (L = chol(XᵀX)), an upper
-# bound of κ(X), exceeds this: float64 Cholesky-QR keeps float32 orthogonality up to about here.
-# Such an X is factored as X + τ[C; 0] (C random: see _completion); κ(X) ≤ 1e5 / r never is.
-_KAPPA_F_MAX = 1e5
+# bound of κ(X) (at most r·κ(X)), exceeds this, per working precision (the dtype of the n×r
+# products): a float32 Gram matrix resolves κ(X) up to about 1e4, and two passes restore float32
+# orthogonality from there; float64, up to 1e5. Such an X is factored as X + τ[C; 0] (C random: see
+# _completion). A failure the Gram matrix hid is caught by the second pass's certificate.
+_KAPPA_F_MAX = {torch.float32: 1e4, torch.float64: 1e5}
 # τ of the completion: 1e-2 × the rms column norm of X, then, where X + τC is still too
 # ill-conditioned (rare with a random C), 1 × more
 _COMPLETION_STEPS = (1e-2, 1.0)
 # ... "still too ill-conditioned" read off the spread of the Cholesky pivots (the randomness of C
 # leaves no structure that could hide a small singular value from them)
 _PIVOT_SPREAD = 1e3
+# the second pass certifies its result when its Gram matrix G₂ = Q₁ᵀQ₁ has ‖G₂ − I‖_F ≤ this: every
+# eigenvalue of G₂ in [0.5, 1.5], so the second Cholesky-QR is accurate to the working precision
+_CERTIFICATE = 0.5
 # condition_s: below this σ_min/σ_max (κ(S) > 1e5) the eigh route is not accurate enough
 _S_RANK_TOL = 1e-5
 # an r×r eigh costs about as much time as this many r×r×r matmuls (for bucketing cores)
@@ -98,38 +109,13 @@ def _masked_completion(blocks: list[tuple[int, int]], R: int, device: torch.devi
     return C, C.transpose(-1, -2) @ C
 
 
-def cholesky_qr(X: torch.Tensor, *, out: torch.Tensor | None = None,
-                completion: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """The Q factor of X (…×n×r, n ≥ r) with diag(R) > 0, orthonormal for every input.
-
-    Cholesky-QR in float64, batched over the leading dimensions: Q = X L⁻ᵀ with L = chol(XᵀX),
-    the Gram matrix, the r×r Cholesky and the n×r triangular solve all in float64, then Q cast
-    back to X's dtype. Only matmuls, r×r Cholesky factorisations and triangular solves: no
-    Householder QR. Cholesky-QR loses about eps·κ(X)² of orthogonality: 2e-4 at κ = 100 in
-    float32, below float32's rounding up to κ(X) = 1e5 in float64. That is the accuracy a
-    second float32 pass (Cholesky-QR2) would give, for the same n·r² work on a CPU or an
-    H100-class GPU (float64 at half or full float32 speed) and half the calls.
-
-    Where a batch element is (numerically) rank-deficient — the Cholesky fails, or the bound
-    κ_F = ‖L‖_F‖L⁻¹‖_F ≥ κ(X) exceeds 1e5 (never for κ(X) ≤ 1e5/r) — it factors X + τ[C; 0]
-    instead, τ = 1e-2 × the rms column norm of X (1.01 × where that is not enough) and C a fixed
-    random r×r matrix: the Q factor of a nearby full-rank matrix, orthonormal, its span within
-    about τ of containing span(X).
-    An element whose Cholesky still fails (a non-finite X) returns [I_r; 0]. The choices are
-    ``torch.where``-style selections: nothing is read back to the host. ``out`` (X itself
-    allowed) receives the result; ``completion`` = (C, CᵀC) replaces the fixed C (a padded batch
-    confines it to each slot's real block).
-    """
-    n, r = X.shape[-2:]
-    if n < r:
-        raise ValueError(f"cholesky_qr needs n >= r, got {n}×{r}")
+def _completion_factor(G0: torch.Tensor, top: torch.Tensor, completion, r: int, kappa_max: float):
+    """The Cholesky factor of the Gram matrix of X + τ[C; 0] and τ (0 where X is fine), from
+    G0 = XᵀX and X's top r rows alone (r×r work, float64)."""
     wide = torch.float64
-    X64 = X.to(wide, copy=True)
-    G0 = X64.transpose(-1, -2) @ X64
-    eye = _eye(r, r, wide, X.device)
-    # X + τ[C; 0] has the Gram matrix G0 + τ(X_topᵀC + CᵀX_top + τCᵀC): exactly G0 where τ = 0
-    C, CtC = completion if completion is not None else _completion(r, X.device)
-    top = X64[..., :r, :]
+    C, CtC = completion
+    eye = _eye(r, r, wide, G0.device)
+    # X + τ[C; 0] has the Gram matrix G0 + τ(X_topᵀC + CᵀX_top) + τ²CᵀC: exactly G0 where τ = 0
     cross = top.transpose(-1, -2) @ C
     cross = cross + cross.transpose(-1, -2)
     tr = G0.diagonal(dim1=-2, dim2=-1).sum(-1)
@@ -137,7 +123,7 @@ def cholesky_qr(X: torch.Tensor, *, out: torch.Tensor | None = None,
     L, info = torch.linalg.cholesky_ex(G0)
     # κ_F² = tr(G)·tr(G⁻¹) = ‖L‖²_F‖L⁻¹‖²_F bounds κ(X)² from above (and by κ(X)²·r² from below)
     tr_inv = torch.linalg.solve_triangular(L, eye, upper=False).square().sum((-2, -1))
-    bad = (info != 0) | ~(tr * tr_inv <= _KAPPA_F_MAX ** 2)  # a NaN counts as bad
+    bad = (info != 0) | ~(tr * tr_inv <= kappa_max ** 2)  # a NaN counts as bad
     tau = bad.to(wide) * (_COMPLETION_STEPS[0] * rms)
     t = tau[..., None, None]
     L, info = torch.linalg.cholesky_ex(G0 + t * (cross + t * CtC))
@@ -147,10 +133,55 @@ def cholesky_qr(X: torch.Tensor, *, out: torch.Tensor | None = None,
     tau = tau + worse.to(wide) * (_COMPLETION_STEPS[1] * rms)
     t = tau[..., None, None]
     L, info = torch.linalg.cholesky_ex(G0 + t * (cross + t * CtC))
-    top.add_(tau[..., None, None] * C)
-    Q = torch.linalg.solve_triangular(L.transpose(-1, -2), X64, upper=True, left=False)
-    ok = (info == 0)[..., None, None]
-    return torch.where(ok, Q.to(X.dtype), _eye(n, r, X.dtype, X.device), out=out)
+    return L, info, t
+
+
+def cholesky_qr(X: torch.Tensor, *, out: torch.Tensor | None = None,
+                completion: tuple[torch.Tensor, torch.Tensor] | None = None,
+                fallback: torch.Tensor | None = None) -> torch.Tensor:
+    """The Q factor of X (…×n×r, n ≥ r) with diag(R) > 0, orthonormal for every input.
+
+    Cholesky-QR2, batched over the leading dimensions: Q₁ = X L₁⁻ᵀ with L₁ = chol(XᵀX), then
+    Q = Q₁ L₂⁻ᵀ with L₂ = chol(Q₁ᵀQ₁). The n×r work (two Gram matrices, two triangular solves)
+    runs in X's precision (float32 for half-precision input), the r×r Cholesky factorisations in
+    float64. No Householder QR. One pass loses about eps·κ(X)² of orthogonality; the
+    second pass starts from Q₁ with κ(Q₁) ≈ 1 and restores the working precision (‖QᵀQ − I‖_F
+    about 2e-6 in float32 for r = 155) for κ(X) up to about 1e3 in float32 (1e5 in float64).
+    Two float32 passes cost less than one in float64 (its Gram matrix and solve take 2.7 × and
+    3.7 × as long as float32's on a CPU; measured on the 2-core machine, n×r = 800×155).
+
+    Where a batch element is (numerically) rank-deficient — the first Cholesky fails, or the
+    bound κ_F = ‖L‖_F‖L⁻¹‖_F ≥ κ(X) exceeds 1e4 in float32 (1e5 in float64) — it factors
+    X + τ[C; 0] instead, τ = 1e-2 × the rms column norm of X (1.01 × where that is not enough)
+    and C a fixed random r×r matrix: the Q factor of a nearby full-rank matrix, orthonormal, its
+    span within about τ of containing span(X). The second pass certifies its result
+    (‖Q₁ᵀQ₁ − I‖_F ≤ 0.5 and both Cholesky factorisations succeeded); an element without the
+    certificate (a non-finite X, or a near-singular one whose float32 Gram matrix hid it) returns
+    ``fallback`` (the same shape as X; default [I_r; 0]), which the caller keeps orthonormal.
+    The choices are ``torch.where``-style selections: nothing is read back to the host. ``out``
+    (X itself allowed) receives the result; ``completion`` = (C, CᵀC) replaces the fixed C (a
+    padded batch confines it to each slot's real block).
+    """
+    n, r = X.shape[-2:]
+    if n < r:
+        raise ValueError(f"cholesky_qr needs n >= r, got {n}×{r}")
+    wide = torch.float64
+    work = X.dtype if X.dtype in _KAPPA_F_MAX else torch.float32
+    Xw = X.to(work)
+    completion = completion if completion is not None else _completion(r, X.device)
+    eye = _eye(r, r, wide, X.device)
+    G0 = (Xw.transpose(-1, -2) @ Xw).to(wide)
+    L, info, t = _completion_factor(G0, Xw[..., :r, :].to(wide), completion, r, _KAPPA_F_MAX[work])
+    Xc = Xw.clone() if Xw is X else Xw
+    Xc[..., :r, :] += (t * completion[0]).to(work)  # X + τ[C; 0]
+    Q1 = torch.linalg.solve_triangular(L.transpose(-1, -2).to(work), Xc, upper=True, left=False)
+    G1 = (Q1.transpose(-1, -2) @ Q1).to(wide)
+    L2, info2 = torch.linalg.cholesky_ex(G1)
+    Q = torch.linalg.solve_triangular(L2.transpose(-1, -2).to(work), Q1, upper=True, left=False)
+    ok = (info == 0) & (info2 == 0) & ((G1 - eye).square().sum((-2, -1)) <= _CERTIFICATE ** 2)
+    if fallback is None:
+        fallback = _eye(n, r, X.dtype, X.device)
+    return torch.where(ok[..., None, None], Q.to(X.dtype), fallback, out=out)
 
 
 def effective_bound(kappa_bar: float) -> float:
@@ -240,49 +271,82 @@ class _Bucket:
     factor's block (C masked to it), so the block [:n, :r] of each result is the Q factor of the
     factor alone. The packed tensors are allocated once; a bucket of one factor works on views
     of the parameter and its gradient (no copy).
+
+    Each step: :meth:`snapshot_` keeps the factors as they are before the SGD step (orthonormal:
+    the retraction's fallback), :meth:`project_` projects and scales the gradients,
+    :meth:`retract_` retracts the stepped factors.
     """
 
     def __init__(self, params: list[torch.Tensor]):
         self.shapes = [tuple(p.shape) for p in params]
-        self.R = max(r for _, r in self.shapes)
+        self.ranks = [r for _, r in self.shapes]
+        self.R = max(self.ranks)
         self.N = max(n + self.R - r for n, r in self.shapes)
         self.exact = all(shape == (self.N, self.R) for shape in self.shapes)  # no padding
         self.single = len(params) == 1
         like = params[0]
         self.dtype, self.device = like.dtype, like.device
         if self.single:
+            self.prev = torch.empty_like(like).unsqueeze(0)
             return
         self.X = torch.zeros(len(params), self.N, self.R, dtype=like.dtype, device=like.device)
         for b, (n, r) in enumerate(self.shapes):
             self.X[b, n:n + self.R - r, r:].copy_(torch.eye(self.R - r))
+        self.Y = self.X.clone()  # the stepped factors, same padding
         self.G = torch.zeros_like(self.X)
         self.Q = torch.empty_like(self.X)
+        # r×r operands of the projection's K (see project_), zero outside each slot's block
+        self.KA = torch.zeros(len(params), self.R, self.R, dtype=like.dtype, device=like.device)
+        self.KB = torch.zeros_like(self.KA)
         self.completion = _masked_completion([(min(n, self.R), r) for n, r in self.shapes], self.R, self.device)
-        self.X_blocks, self.G_blocks, self.Q_blocks = (self._blocks(t) for t in (self.X, self.G, self.Q))
+        self.X_blocks, self.Y_blocks, self.G_blocks, self.Q_blocks = (
+            self._blocks(t) for t in (self.X, self.Y, self.G, self.Q))
+        self.KA_blocks, self.KB_blocks = ([P[b, :r, :r] for b, r in enumerate(self.ranks)] for P in (self.KA, self.KB))
 
     def _blocks(self, P: torch.Tensor) -> list[torch.Tensor]:
         return [P[b, :n, :r] for b, (n, r) in enumerate(self.shapes)]
 
-    def project_(self, params: list[torch.Tensor], grads: list[torch.Tensor], scale: torch.Tensor) -> None:
-        """grad ← (grad − X Xᵀ grad) · scale for every factor X (``scale``: one per factor)."""
+    def snapshot_(self, params: list[torch.Tensor]) -> None:
+        """Keep the factors as they are now (before the SGD step)."""
         if self.single:
-            X, G = params[0].unsqueeze(0), grads[0].unsqueeze(0)
+            self.prev[0].copy_(params[0])
         else:
             torch._foreach_copy_(self.X_blocks, params)
+
+    def project_(self, params: list[torch.Tensor], grads: list[torch.Tensor], scale: torch.Tensor,
+                 core: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None) -> None:
+        """grad ← (grad − X K) · scale for every factor X (``scale``: one per factor), after
+        :meth:`snapshot_`. K = Xᵀ grad, or, given ``core`` = (As, Bs) with K = A Bᵀ (r×r, one
+        pair per factor), that product: U S Vᵀ's core gradient G_S gives UᵀG_U = G_S Sᵀ and
+        VᵀG_V = G_Sᵀ S without an n×r×r product."""
+        if self.single:
+            X, G = self.prev, grads[0].unsqueeze(0)
+            if core is None:
+                K = X.transpose(-1, -2) @ G
+            else:
+                K = (core[0][0] @ core[1][0].transpose(-1, -2)).unsqueeze(0)
+        else:
             torch._foreach_copy_(self.G_blocks, grads)
             X, G = self.X, self.G
-        G.baddbmm_(X, X.transpose(-1, -2) @ G, alpha=-1.0).mul_(scale.view(-1, 1, 1))
+            if core is None:
+                K = X.transpose(-1, -2) @ G
+            else:
+                torch._foreach_copy_(self.KA_blocks, core[0])
+                torch._foreach_copy_(self.KB_blocks, core[1])
+                K = self.KA @ self.KB.transpose(-1, -2)
+        G.baddbmm_(X, K, alpha=-1.0).mul_(scale.view(-1, 1, 1))
         if not self.single:
             torch._foreach_copy_(grads, self.G_blocks)
 
     def retract_(self, params: list[torch.Tensor]) -> None:
-        """Every factor ← its Q factor (:func:`cholesky_qr`)."""
+        """Every factor ← its Q factor (:func:`cholesky_qr`); one without the retraction's
+        certificate keeps its value from :meth:`snapshot_`."""
         if self.single:
             X = params[0].unsqueeze(0)
-            cholesky_qr(X, out=X)
+            cholesky_qr(X, out=X, fallback=self.prev)
             return
-        torch._foreach_copy_(self.X_blocks, params)
-        cholesky_qr(self.X, out=self.Q, completion=self.completion)
+        torch._foreach_copy_(self.Y_blocks, params)
+        cholesky_qr(self.Y, out=self.Q, completion=self.completion, fallback=self.X)
         torch._foreach_copy_(params, self.Q_blocks)
 
 
@@ -356,6 +420,12 @@ class ManifoldSGD(torch.optim.SGD):
     shapes stack, small ones are padded together), the cores S likewise, and each stage is one
     call per bucket. Nothing in :meth:`step` reads a tensor value on the host.
 
+    ``core_gradient``: take XᵀG from the core's gradient (UᵀG_U = G_S Sᵀ, VᵀG_V = G_Sᵀ S), exact
+    when U and V get their gradients through W = U S Vᵀ alone (any loss of the network's output;
+    not a penalty on U or V themselves: pass False for that). A factor whose retraction cannot
+    be certified (a non-finite or numerically singular step, see :func:`cholesky_qr`) keeps its
+    value from before the step.
+
     The momentum buffer is not re-projected onto the new tangent space: its normal component
     there is O(lr), so the within-span rotation it adds is O(lr²) and the retraction absorbs it.
 
@@ -368,7 +438,7 @@ class ManifoldSGD(torch.optim.SGD):
 
     def __init__(self, model: nn.Module, layers: list, *, lr: float, momentum: float, weight_decay: float,
                  nesterov: bool = False, mode: str = "approx_orth", kappa_bar: float = 1.5,
-                 step_scale: str = "inv_a"):
+                 step_scale: str = "inv_a", core_gradient: bool = True):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if step_scale not in STEP_SCALES:
@@ -377,6 +447,7 @@ class ManifoldSGD(torch.optim.SGD):
         if any(l.S is None for l in self.layers):
             raise ValueError("CondLR layers need an S (with_s=True)")
         self.mode, self.kappa_bar, self.step_scale = mode, kappa_bar, step_scale
+        self.core_gradient = core_gradient
         stiefel = [p for l in self.layers for p in (l.U, l.V)]
         ids = {id(p) for p in stiefel}
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
@@ -453,17 +524,33 @@ class ManifoldSGD(torch.optim.SGD):
                 out[i] = scale[k]
         return out
 
+    def _core_operands(self, members: list[tuple[int, str]]):
+        """(As, Bs) with K = A Bᵀ = Xᵀ grad_X for each factor X of ``members`` (see
+        :meth:`_Bucket.project_`), or None where a core has no gradient or this is switched off."""
+        if not self.core_gradient:
+            return None
+        As, Bs = [], []
+        for i, w in members:
+            S = self.layers[i].S
+            if S.grad is None:
+                return None
+            As.append(S.grad if w == "U" else S.grad.transpose(-1, -2))
+            Bs.append(S if w == "U" else S.transpose(-1, -2))
+        return As, Bs
+
     def _step(self) -> None:
         layers = self.layers
         scales = self._direction_scales()
-        for bucket, members in self._buckets:  # g ← (g − X Xᵀ g) · scale
+        for bucket, members in self._buckets:  # keep X; g ← (g − X Xᵀ g) · scale
             params = [getattr(layers[i], w) for i, w in members]
+            bucket.snapshot_(params)
             if any(p.grad is None for p in params):  # a factor without a gradient: project the others
                 for (i, _), X in zip(members, params):
                     if X.grad is not None:
                         X.grad.sub_(X @ (X.transpose(-1, -2) @ X.grad)).mul_(scales[i])
                 continue
-            bucket.project_(params, [p.grad for p in params], _stack([scales[i] for i, _ in members]))
+            bucket.project_(params, [p.grad for p in params], _stack([scales[i] for i, _ in members]),
+                            core=self._core_operands(members))
         super().step()
         for bucket, members in self._buckets:
             bucket.retract_([getattr(layers[i], w) for i, w in members])

@@ -107,7 +107,12 @@ class LowRankLinear(_LowRank):
 
     def forward(self, x):
         if self.factored():
-            return F.linear(F.linear(x, self.V.t()), self.us(), self.bias)
+            h = F.linear(x, self.V.t())
+            if self.S is not None and h.numel() < self.n * self.rank:
+                # fewer rows than U has: S on the activations (rows·r² multiply-adds) is cheaper
+                # than forming U·S (n·r²), forward and backward alike
+                return F.linear(F.linear(h, self.S), self.U, self.bias)
+            return F.linear(h, self.us(), self.bias)
         return F.linear(x, self.dense_matrix(), self.bias)
 
     def dense_weight(self) -> torch.Tensor:
