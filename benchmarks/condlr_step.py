@@ -1,0 +1,153 @@
+"""Time the CondLR optimizer step (bench.condlr.ManifoldSGD.step) alone, and its stages, against
+another version of bench/condlr.py, on one model, interleaved.
+
+The model is robust_lowrank on a track at one compression, built as ``bench run`` builds it; one
+forward/backward on a batch of the track's size gives the gradients. Each round restores the same
+parameters and gradients, then times one ``step()`` of the current optimizer and one of the
+baseline (``--baseline REV``: bench/condlr.py as of that git revision, loaded from ``git show``),
+in alternating order. Medians over rounds, and the per-round ratio. ``--stages`` also times the
+current step's stages (projection, SGD, retraction, conditioning of S) per bucket.
+
+    python benchmarks/condlr_step.py --track mnist-lenet5 --compression 0.5 --baseline 864607e
+    python benchmarks/condlr_step.py --track cifar10-vgg16 --compression 0.5 0.8 --baseline 864607e --rounds 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def load_condlr(rev: str):
+    """bench/condlr.py as of git revision ``rev``, imported as a separate module."""
+    src = subprocess.run(["git", "show", f"{rev}:bench/condlr.py"], cwd=ROOT, check=True, capture_output=True,
+                         text=True).stdout
+    path = Path(tempfile.mkdtemp()) / f"condlr_{rev}.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location(f"condlr_{rev}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _optimizer(module, model, track):
+    from bench.lowrank import lowrank_layers
+
+    return module.ManifoldSGD(model, [l for _, l in lowrank_layers(model)], lr=track.lr, momentum=track.momentum,
+                              weight_decay=track.weight_decay, nesterov=track.nesterov)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--track", default="mnist-lenet5")
+    p.add_argument("--compression", type=float, nargs="+", default=[0.5])
+    p.add_argument("--baseline", default=None, help="git revision whose bench/condlr.py is the baseline")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--stages", action="store_true", help="also time the current step's stages per bucket")
+    args = p.parse_args(argv)
+
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    import bench.condlr as current
+    from bench.condlr import _stack
+    from bench.perf import _build, _load_data
+    from bench.registry import TRACKS
+
+    torch.set_num_threads(args.threads)
+    track = TRACKS.get(args.track)
+    data, source = _load_data(track, SimpleNamespace(synthetic=True, data_dir=None, seed=0), track.batch_size)
+    baseline = load_condlr(args.baseline) if args.baseline else None
+    print(f"track {args.track}, batch {track.batch_size}, {args.threads} thread(s), {args.rounds} rounds; "
+          f"torch {torch.__version__}; data: {source.split(' (')[0]}")
+    table = []
+    for c in args.compression:
+        entry = _build("robust_lowrank", c, track, data, torch.device("cpu"), track.batch_size, 0)
+        model = entry.model
+        x, y = data.x_train[:track.batch_size], data.y_train[:track.batch_size]
+        F.cross_entropy(model(x), y).backward()
+        state = copy.deepcopy(model.state_dict())
+        grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+        opts = {"current": _optimizer(current, model, track)}
+        if baseline is not None:
+            opts["baseline"] = _optimizer(baseline, model, track)
+
+        def restore():
+            model.load_state_dict(state)
+            for n, prm in model.named_parameters():
+                prm.grad = grads[n].clone() if n in grads else None
+
+        times = {k: [] for k in opts}
+        for r in range(args.rounds + 1):
+            for k in (list(opts) if r % 2 == 0 else list(reversed(opts))):
+                opts[k].state.clear()  # momentum buffers: every round starts alike
+                restore()
+                t0 = time.perf_counter()
+                opts[k].step()
+                if r:  # round 0 warms up
+                    times[k].append(time.perf_counter() - t0)
+        row = {"compression": c, "current_ms": 1e3 * statistics.median(times["current"])}
+        if baseline is not None:
+            row["baseline_ms"] = 1e3 * statistics.median(times["baseline"])
+            row["ratio"] = statistics.median(a / b for a, b in zip(times["current"], times["baseline"]))
+        table.append(row)
+        if args.stages:
+            _stages(opts["current"], restore, _stack, args.rounds)
+    head = f"{'compression':>11}  {'current ms':>10}" + (f"  {'baseline ms':>11}  {'current/baseline':>16}" if baseline else "")
+    print(head)
+    for row in table:
+        line = f"{row['compression']:>11g}  {row['current_ms']:>10.1f}"
+        if baseline is not None:
+            line += f"  {row['baseline_ms']:>11.1f}  {row['ratio']:>16.2f}"
+        print(line)
+    return 0
+
+
+def _stages(opt, restore, _stack, rounds: int) -> None:
+    import torch
+
+    def timed(fn) -> float:
+        out = []
+        for _ in range(max(3, rounds // 2)):
+            restore()
+            with torch.no_grad():
+                t0 = time.perf_counter()
+                fn()
+                out.append(time.perf_counter() - t0)
+        return 1e3 * statistics.median(out)
+
+    layers = opt.layers
+    print("  stage times (ms), current step:")
+    print(f"    SGD (foreach) {timed(lambda: torch.optim.SGD.step(opt)):.2f}")
+    for bucket, members in opt._buckets:
+        params = [getattr(layers[i], w) for i, w in members]
+
+        def project():
+            scales = opt._direction_scales()
+            bucket.snapshot_(params)
+            bucket.project_(params, [q.grad for q in params], _stack([scales[i] for i, _ in members]),
+                            core=opt._core_operands(members))
+
+        shapes = sorted(set(bucket.shapes))
+        print(f"    factors {len(members)} x {shapes[:3]}{'...' if len(shapes) > 3 else ''}: "
+              f"project {timed(project):.2f}, retract {timed(lambda: bucket.retract_(params)):.2f}")
+    for bucket, members in opt._core_buckets:
+        cores = [layers[i].S for i in members]
+        print(f"    cores {bucket.sizes}: condition {timed(lambda: bucket.condition_(cores, opt.mode, opt.kappa_bar)):.2f}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
