@@ -147,8 +147,8 @@ def cholesky_qr(X: torch.Tensor, *, out: torch.Tensor | None = None,
     float64. No Householder QR. One pass loses about eps·κ(X)² of orthogonality; the
     second pass starts from Q₁ with κ(Q₁) ≈ 1 and restores the working precision (‖QᵀQ − I‖_F
     about 2e-6 in float32 for r = 155) for κ(X) up to about 1e3 in float32 (1e5 in float64).
-    Two float32 passes cost less than one in float64 (its Gram matrix and solve take 2.7 × and
-    3.7 × as long as float32's on a CPU; measured on the 2-core machine, n×r = 800×155).
+    Two float32 passes cost less than one in float64 for large n (its Gram matrix and solve take
+    2.7 × and 2.3 × as long as float32's on the 2-core CPU at n×r = 800×155).
 
     Where a batch element is (numerically) rank-deficient — the first Cholesky fails, or the
     bound κ_F = ‖L‖_F‖L⁻¹‖_F ≥ κ(X) exceeds 1e4 in float32 (1e5 in float64) — it factors
