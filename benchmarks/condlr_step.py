@@ -10,6 +10,7 @@ current step's stages (projection, SGD, retraction, conditioning of S) per bucke
 
     python benchmarks/condlr_step.py --track mnist-lenet5 --compression 0.5 --baseline 864607e
     python benchmarks/condlr_step.py --track cifar10-vgg16 --compression 0.5 0.8 --baseline 864607e --rounds 6
+    python benchmarks/condlr_step.py --track cifar10-vgg16 --compression 0.5 0.8 --device cuda --stages
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def main(argv=None) -> int:
     p.add_argument("--baseline", default=None, help="git revision whose bench/condlr.py is the baseline")
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ... (timings synchronise the device)")
     p.add_argument("--stages", action="store_true", help="also time the current step's stages per bucket")
     args = p.parse_args(argv)
 
@@ -66,18 +68,21 @@ def main(argv=None) -> int:
     from bench.condlr import _stack
     from bench.perf import _build, _load_data
     from bench.registry import TRACKS
+    from bench.train import synchronize
 
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     track = TRACKS.get(args.track)
     data, source = _load_data(track, SimpleNamespace(synthetic=True, data_dir=None, seed=0), track.batch_size)
     baseline = load_condlr(args.baseline) if args.baseline else None
-    print(f"track {args.track}, batch {track.batch_size}, {args.threads} thread(s), {args.rounds} rounds; "
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {args.threads} thread(s)"
+    print(f"track {args.track}, batch {track.batch_size}, {args.rounds} rounds on {where}; "
           f"torch {torch.__version__}; data: {source.split(' (')[0]}")
     table = []
     for c in args.compression:
-        entry = _build("robust_lowrank", c, track, data, torch.device("cpu"), track.batch_size, 0)
+        entry = _build("robust_lowrank", c, track, data, device, track.batch_size, 0)
         model = entry.model
-        x, y = data.x_train[:track.batch_size], data.y_train[:track.batch_size]
+        x, y = data.x_train[:track.batch_size].to(device), data.y_train[:track.batch_size].to(device)
         F.cross_entropy(model(x), y).backward()
         state = copy.deepcopy(model.state_dict())
         grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -95,8 +100,10 @@ def main(argv=None) -> int:
             for k in (list(opts) if r % 2 == 0 else list(reversed(opts))):
                 opts[k].state.clear()  # momentum buffers: every round starts alike
                 restore()
+                synchronize(device)
                 t0 = time.perf_counter()
                 opts[k].step()
+                synchronize(device)
                 if r:  # round 0 warms up
                     times[k].append(time.perf_counter() - t0)
         row = {"compression": c, "current_ms": 1e3 * statistics.median(times["current"])}
@@ -105,7 +112,7 @@ def main(argv=None) -> int:
             row["ratio"] = statistics.median(a / b for a, b in zip(times["current"], times["baseline"]))
         table.append(row)
         if args.stages:
-            _stages(opts["current"], restore, _stack, args.rounds)
+            _stages(opts["current"], restore, _stack, args.rounds, lambda: synchronize(device))
     head = f"{'compression':>11}  {'current ms':>10}" + (f"  {'baseline ms':>11}  {'current/baseline':>16}" if baseline else "")
     print(head)
     for row in table:
@@ -116,7 +123,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def _stages(opt, restore, _stack, rounds: int) -> None:
+def _stages(opt, restore, _stack, rounds: int, sync) -> None:
     import torch
 
     def timed(fn) -> float:
@@ -124,8 +131,10 @@ def _stages(opt, restore, _stack, rounds: int) -> None:
         for _ in range(max(3, rounds // 2)):
             restore()
             with torch.no_grad():
+                sync()
                 t0 = time.perf_counter()
                 fn()
+                sync()
                 out.append(time.perf_counter() - t0)
         return 1e3 * statistics.median(out)
 

@@ -151,11 +151,12 @@ def test_gpu_check_smoke_runs_for_real(tmp_path):
     log = r.stdout + r.stderr
     assert r.returncode == 0, log[-6000:]
     stages = log[log.index("== stages"):]
-    for name in ("bench perf", "run dense", "run robust_lowrank", "run vanilla_lowrank", "run pruning",
+    for name in ("bench perf", "condlr step", "run dense", "run robust_lowrank", "run vanilla_lowrank", "run pruning",
                  "bench show"):
         assert name in stages, stages
     assert "FAILED" not in stages and "TIMEOUT" not in stages and "SKIPPED" not in stages, stages
     assert "AutoAttack overhead: bench" in log and "latency ratio" in log
+    assert "stage times (ms), current step" in log and "retract" in log  # benchmarks/condlr_step.py
 
     runs = read_results(out / "results")
     assert sorted(runs["method"]) == ["dense", "pruning", "robust_lowrank", "vanilla_lowrank"]
