@@ -30,7 +30,6 @@ only (full speed on H100/H200-class GPUs and on CPUs, slow on consumer GPUs).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import torch
@@ -497,9 +496,7 @@ class ManifoldSGD(torch.optim.SGD):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        on_cpu = bool(self.layers) and self.layers[0].U.device.type == "cpu"
-        with _intra_op_threads(1 if on_cpu else None):
-            self._step()
+        self._step()
         return loss
 
     def _direction_scales(self) -> list[torch.Tensor]:
@@ -556,26 +553,6 @@ class ManifoldSGD(torch.optim.SGD):
             bucket.retract_([getattr(layers[i], w) for i, w in members])
         for bucket, members in self._core_buckets:
             bucket.condition_([layers[i].S for i in members], self.mode, self.kappa_bar)
-
-
-@contextlib.contextmanager
-def _intra_op_threads(n: int | None):
-    """Run a block on ``n`` intra-op threads (None: unchanged).
-
-    The CPU step runs on one thread: its n×r and r×r algebra gains little from a second core,
-    and on a shared, oversubscribed CPU every OpenMP parallel region can stall for a scheduler
-    time slice. Measured on the 2-core machine at load ~6: 27 ms per LeNet5 step on one thread,
-    360–2,200 ms on two.
-    """
-    old = torch.get_num_threads()
-    if n is None or n == old:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 @torch.no_grad()
