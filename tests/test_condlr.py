@@ -334,6 +334,27 @@ def test_a_bad_step_ends_on_the_constraint_set(mode, what, lr):
         _assert_on_constraint_set(model, bound, f"{what}, step {step}")
 
 
+def test_a_factor_whose_step_is_not_finite_keeps_its_value():
+    """The retraction's certificate fails for a non-finite step: that factor (alone or in a padded
+    bucket) keeps its value from before the step; every other factor moves; all stay orthonormal."""
+    method, model, size = _model("lenet5", 0.5)
+    opt = method.make_optimizer(model, OptimHP(lr=0.1, momentum=0.9, weight_decay=5e-4))
+    layers = [l for _, l in lowrank_layers(model)]
+    big = max(layers, key=lambda l: l.rank)
+    small = min(layers, key=lambda l: l.rank)
+    x, y = _batches(size, n=1, batch=32)[0]
+    F.cross_entropy(model(x), y).backward()
+    before = {id(p): p.detach().clone() for l in layers for p in (l.U, l.V)}
+    big.U.grad[0, 0] = float("inf")
+    small.V.grad[:, 0] = float("nan")
+    opt.step()
+    assert torch.equal(big.U, before[id(big.U)]) and torch.equal(small.V, before[id(small.V)])
+    moved = [p for l in layers for p in (l.U, l.V) if p is not big.U and p is not small.V]
+    assert moved and all(not torch.equal(p, before[id(p)]) for p in moved)
+    for l in layers:
+        assert _orth_error(l.U) <= 1e-5 and _orth_error(l.V) <= 1e-5
+
+
 # --------------------------------------------------------------------------------------------
 # no host synchronisation inside step()
 # --------------------------------------------------------------------------------------------
