@@ -110,21 +110,18 @@ def _masked_completion(blocks: list[tuple[int, int]], R: int, device: torch.devi
 
 def _completion_factor(G0: torch.Tensor, top: torch.Tensor, completion, r: int, kappa_max: float):
     """The Cholesky factor of the Gram matrix of X + τ[C; 0] and τ (0 where X is fine), from
-    G0 = XᵀX (float64) and X's top r rows alone (r×r work)."""
+    G0 = XᵀX and X's top r rows alone (r×r work, float64)."""
     wide = torch.float64
     C, CtC = completion
     eye = _eye(r, r, wide, G0.device)
     # X + τ[C; 0] has the Gram matrix G0 + τ(X_topᵀC + CᵀX_top) + τ²CᵀC: exactly G0 where τ = 0
-    # (the cross term in X's precision: it only shapes the completion)
-    cross = (top.transpose(-1, -2) @ C.to(top.dtype)).to(wide)
+    cross = top.transpose(-1, -2) @ C
     cross = cross + cross.transpose(-1, -2)
     tr = G0.diagonal(dim1=-2, dim2=-1).sum(-1)
     rms = (tr / r).sqrt()
     L, info = torch.linalg.cholesky_ex(G0)
-    # κ_F² = tr(G)·tr(G⁻¹) = ‖L‖²_F‖L⁻¹‖²_F bounds κ(X)² from above (and by κ(X)²·r² from below);
-    # an estimate is enough for a threshold: L⁻¹ in X's precision (inf or NaN past it counts as bad)
-    low = top.dtype
-    tr_inv = torch.linalg.solve_triangular(L.to(low), eye.to(low), upper=False).square().sum((-2, -1)).to(wide)
+    # κ_F² = tr(G)·tr(G⁻¹) = ‖L‖²_F‖L⁻¹‖²_F bounds κ(X)² from above (and by κ(X)²·r² from below)
+    tr_inv = torch.linalg.solve_triangular(L, eye, upper=False).square().sum((-2, -1))
     bad = (info != 0) | ~(tr * tr_inv <= kappa_max ** 2)  # a NaN counts as bad
     tau = bad.to(wide) * (_COMPLETION_STEPS[0] * rms)
     t = tau[..., None, None]
@@ -173,7 +170,7 @@ def cholesky_qr(X: torch.Tensor, *, out: torch.Tensor | None = None,
     completion = completion if completion is not None else _completion(r, X.device)
     eye = _eye(r, r, wide, X.device)
     G0 = (Xw.transpose(-1, -2) @ Xw).to(wide)
-    L, info, t = _completion_factor(G0, Xw[..., :r, :], completion, r, _KAPPA_F_MAX[work])
+    L, info, t = _completion_factor(G0, Xw[..., :r, :].to(wide), completion, r, _KAPPA_F_MAX[work])
     Xc = Xw.clone() if Xw is X else Xw
     Xc[..., :r, :] += (t * completion[0]).to(work)  # X + τ[C; 0]
     Q1 = torch.linalg.solve_triangular(L.transpose(-1, -2).to(work), Xc, upper=True, left=False)
