@@ -320,19 +320,17 @@ class _Bucket:
         VᵀG_V = G_Sᵀ S without an n×r×r product."""
         if self.single:
             X, G = self.prev, grads[0].unsqueeze(0)
-            if core is None:
-                K = X.transpose(-1, -2) @ G
-            else:
-                K = (core[0][0] @ core[1][0].transpose(-1, -2)).unsqueeze(0)
         else:
             torch._foreach_copy_(self.G_blocks, grads)
             X, G = self.X, self.G
-            if core is None:
-                K = X.transpose(-1, -2) @ G
-            else:
-                torch._foreach_copy_(self.KA_blocks, core[0])
-                torch._foreach_copy_(self.KB_blocks, core[1])
-                K = self.KA @ self.KB.transpose(-1, -2)
+        if core is None:
+            K = X.transpose(-1, -2) @ G
+        elif self.single:
+            K = (core[0][0] @ core[1][0].transpose(-1, -2)).unsqueeze(0)
+        else:
+            torch._foreach_copy_(self.KA_blocks, core[0])
+            torch._foreach_copy_(self.KB_blocks, core[1])
+            K = self.KA @ self.KB.transpose(-1, -2)
         G.baddbmm_(X, K, alpha=-1.0).mul_(scale.view(-1, 1, 1))
         if not self.single:
             torch._foreach_copy_(grads, self.G_blocks)
@@ -477,7 +475,6 @@ class ManifoldSGD(torch.optim.SGD):
         # the constants that cholesky_qr and condition_s cache, made now: no step copies them to the device
         for bucket, _ in self._buckets:
             _eye(bucket.R, bucket.R, torch.float64, bucket.device), _completion(bucket.R, bucket.device)
-            _eye(bucket.N, bucket.R, bucket.dtype, bucket.device)
         for bucket, members in self._core_buckets:
             dev = self.layers[members[0]].S.device
             _eye(bucket.R, bucket.R, torch.float64, dev), _completion(bucket.R, dev)

@@ -65,7 +65,6 @@ def main(argv=None) -> int:
     import torch.nn.functional as F
 
     import bench.condlr as current
-    from bench.condlr import _stack
     from bench.perf import _build, _load_data
     from bench.registry import TRACKS
     from bench.train import synchronize
@@ -112,7 +111,7 @@ def main(argv=None) -> int:
             row["ratio"] = statistics.median(a / b for a, b in zip(times["current"], times["baseline"]))
         table.append(row)
         if args.stages:
-            _stages(opts["current"], restore, _stack, args.rounds, lambda: synchronize(device))
+            _stages(opts["current"], restore, args.rounds, lambda: synchronize(device))
     head = f"{'compression':>11}  {'current ms':>10}" + (f"  {'baseline ms':>11}  {'current/baseline':>16}" if baseline else "")
     print(head)
     for row in table:
@@ -123,8 +122,10 @@ def main(argv=None) -> int:
     return 0
 
 
-def _stages(opt, restore, _stack, rounds: int, sync) -> None:
+def _stages(opt, restore, rounds: int, sync) -> None:
     import torch
+
+    from bench.condlr import _stack
 
     def timed(fn) -> float:
         out = []
