@@ -257,6 +257,7 @@ def test_padded_buckets_equal_one_call_per_shape(monkeypatch):
     opt = ManifoldSGD(model, [l for _, l in lowrank_layers(model)], **hp)
     assert any(not b.exact for b, _ in opt._buckets) and any(not b.exact for b, _ in opt._core_buckets)
     monkeypatch.setattr(ManifoldSGD, "bucket_slack", 0.0)
+    monkeypatch.setattr(ManifoldSGD, "bucket_align", 1)
     opt_alone = ManifoldSGD(alone, [l for _, l in lowrank_layers(alone)], **hp)
     assert all(b.exact for b, _ in opt_alone._buckets) and all(b.exact for b, _ in opt_alone._core_buckets)
     data = _batches(size, batch=32)
