@@ -19,12 +19,16 @@ guard that keeps the invariants is a ``torch.where`` on values computed for the 
   whose failure keeps the factor from before the step, so that Q is orthonormal whatever X is.
 * :func:`condition_s` conditions S from a float64 ``eigh`` of SᵀS (r×r), accurate for κ(S) up to
   1e5 before the step; beyond that (or for a non-finite S) a fallback still lands on the
-  constraint set.
+  constraint set. ``conditioner="newton_schulz"`` computes the same map with matrix products
+  (Newton–Schulz polar factor and matrix signs) and a Cholesky certificate instead: no eigh, no
+  synchronisation on CUDA, about 90 batched r×r products per core bucket (slower than eigh on a
+  CPU; meant for GPUs, where eigh runs one matrix at a time).
 
 On CUDA, ``torch.linalg.eigh`` checks its LAPACK status on the host (one synchronisation per
 call, inside PyTorch): the approx_orth mode pays one per core bucket per step (two with
-``step_scale="reference"``); the mean mode with the default step scale uses only matmuls,
-``cholesky_ex`` and triangular solves, none of which synchronises. The float64 work is r×r
+``step_scale="reference"``) unless ``conditioner="newton_schulz"``; the mean mode with the default
+step scale and approx_orth with newton_schulz use only matmuls, ``cholesky_ex`` and triangular
+solves, none of which synchronises. The float64 work is r×r
 only (full speed on H100/H200-class GPUs and on CPUs, slow on consumer GPUs).
 """
 
@@ -62,6 +66,21 @@ _ALIGN_MIN = 32
 _S_RANK_TOL = 1e-5
 # an r×r eigh costs about as much time as this many r×r×r matmuls (for bucketing cores)
 _EIGH_WEIGHT = 10.0
+
+# conditioner="newton_schulz": Newton–Schulz iterations X ← X p(XᵀX) from X/‖X‖_F; first _NS_FAST's
+# quintic (slope 3.4 at 0: small singular values grow fast; it maps (0, 1] into about [0.7, 1.12]),
+# then the cubic (3 − x²)/2, which converges from there quadratically. Steps (fast, cubic): the polar
+# factor of S (its singular values over ‖S‖_F are ≥ 1/(√r·κ(S))), the sign of H − lo·I and H − hi·I
+# (eigenvalues down to ~1e-9 of the Frobenius norm must converge; smaller ones change S by less).
+_NS_FAST = (3.4445, -4.7750, 2.0315)
+_NS_POLAR_STEPS = (6, 5)
+_NS_SIGN_STEPS = (14, 5)
+
+#: How condition_s finds the spectrum of S in approx_orth: ``eigh`` (a float64 eigendecomposition
+#: of SᵀS; the default, fastest on CPUs) or ``newton_schulz`` (matrix products and two Cholesky
+#: factorisations only, batched and graph-capturable on GPUs, where eigh of r×r matrices runs one
+#: matrix at a time and synchronises with the host).
+CONDITIONERS = ("eigh", "newton_schulz")
 
 #: How CondLR scales the tangent direction of U and V.
 #: ``inv_a``: by 1/a, a = ‖S‖²_F / r, in both modes, so a step moves U S Vᵀ about as much as a
@@ -212,9 +231,54 @@ def _clamp_spectrum(s: torch.Tensor, kappa_bar: float, mean: torch.Tensor | None
     return torch.minimum(torch.maximum(s, mean - e), mean + e)
 
 
+def _newton_schulz(X: torch.Tensor, steps: tuple[int, int]) -> torch.Tensor:
+    """The orthogonal polar factor of X (…×r×r, nonsingular) by Newton–Schulz iterations (see
+    _NS_FAST); for a symmetric X, its matrix sign. Matrix products only."""
+    X = X / X.square().sum((-2, -1), keepdim=True).sqrt().clamp_min(torch.finfo(X.dtype).tiny)
+    a, b, c = _NS_FAST
+    for _ in range(steps[0]):
+        A = X.transpose(-1, -2) @ X
+        X = a * X + X @ (b * A + c * (A @ A))
+    for _ in range(steps[1]):
+        X = 1.5 * X - 0.5 * (X @ (X.transpose(-1, -2) @ X))
+    return X
+
+
+def _condition_newton_schulz(S64: torch.Tensor, kappa_bar: float, k, c, completion) -> torch.Tensor:
+    """approx_orth without eigh: S = P H (polar, Newton–Schulz), H's eigenvalues clamped around
+    their mean with matrix signs, clamp(H) = ((lo + hi) I + |H − lo I| − |H − hi I|) / 2 where
+    |B| = B sign(B), and S ← P clamp(H). A certificate (two Cholesky factorisations: every singular
+    value of the result within [lo, hi], widened by the 1e-4 margin of κ̄) checks the result; where
+    it fails (κ(S) too large for the fixed iteration counts, or S not finite) S ← m·Q_S (κ = 1, m
+    the mean singular value), on the constraint set but not close to S."""
+    r = S64.shape[-1]
+    eye = _eye(r, r, S64.dtype, S64.device)
+    P = _newton_schulz(S64, _NS_POLAR_STEPS)
+    H = P.transpose(-1, -2) @ S64
+    H = 0.5 * (H + H.transpose(-1, -2))
+    m = (H.diagonal(dim1=-2, dim2=-1).sum(-1) - k * c) / (r - k)
+    kb = effective_bound(kappa_bar)
+    e = m * (kb - 1.0) / (kb + 1.0)
+    lo, hi = (m - e)[..., None, None], (m + e)[..., None, None]
+    B = torch.stack([H - lo * eye, H - hi * eye])
+    absB = B @ _newton_schulz(B, _NS_SIGN_STEPS)
+    out = P @ (0.5 * ((lo + hi) * eye + absB[0] - absB[1]))
+    # certified: lo·(1 − t) ≤ σ(out) ≤ hi·(1 + t), (1 + t)/(1 − t) = κ̄/kb, so κ(out) ≤ κ̄
+    q = kappa_bar / kb
+    t = (q - 1.0) / (q + 1.0)
+    G = out.transpose(-1, -2) @ out
+    ok = torch.isfinite(G.sum((-2, -1)))
+    G = torch.where(ok[..., None, None], G, eye)
+    ok &= torch.linalg.cholesky_ex(G - (lo * (1.0 - t)) ** 2 * eye)[1] == 0
+    ok &= torch.linalg.cholesky_ex((hi * (1.0 + t)) ** 2 * eye - G)[1] == 0
+    mean = torch.nan_to_num(m, nan=1.0, posinf=1.0, neginf=1.0).abs()
+    return torch.where(ok[..., None, None], out, cholesky_qr(S64, completion=completion) * mean[..., None, None])
+
+
 @torch.no_grad()
 def condition_s(S: torch.Tensor, mode: str, kappa_bar: float, *, padding: tuple | None = None,
-                completion: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                completion: tuple[torch.Tensor, torch.Tensor] | None = None,
+                conditioner: str = "eigh") -> torch.Tensor:
     """S (…×r×r) constrained, batched and without synchronisation; the r×r work in float64.
 
     approx_orth: SᵀS = W diag(s²) Wᵀ (eigh), the singular values clamped around their mean (s')
@@ -231,6 +295,9 @@ def condition_s(S: torch.Tensor, mode: str, kappa_bar: float, *, padding: tuple 
     Both maps are matrix functions of a block-diagonal S, so the core's block of the result is
     the core's own result once the mean of the singular values (approx_orth) or a (mean)
     discounts the padding. ``completion``: passed to :func:`cholesky_qr` (mean).
+    ``conditioner`` (approx_orth, see ``CONDITIONERS``): ``newton_schulz`` computes the same map
+    without eigh (:func:`_condition_newton_schulz`: within 1e-6 of eigh's, relative to max |S|, for
+    κ(S) up to 300 before the step; beyond about 1e3 the constraint-set fallback m·Q_S).
     """
     wide = torch.float64
     S64 = S.to(wide)
@@ -242,6 +309,8 @@ def condition_s(S: torch.Tensor, mode: str, kappa_bar: float, *, padding: tuple 
         a = (S64.square().sum((-2, -1)) - k * c * c) / (r - k)
         a = torch.nan_to_num(a, nan=1.0, posinf=1.0)  # a non-finite S becomes an orthogonal matrix
         return (cholesky_qr(S64, completion=completion) * a.sqrt()[..., None, None]).to(S.dtype)
+    if conditioner == "newton_schulz":
+        return _condition_newton_schulz(S64, kappa_bar, k, c, completion).to(S.dtype)
     G = S64.transpose(-1, -2) @ S64
     finite = torch.isfinite(G.sum((-2, -1)))
     G = torch.where(finite[..., None, None], G, _eye(r, r, wide, S.device))  # eigh must not see a NaN
@@ -388,9 +457,9 @@ class _CoreBucket:
     def blocks(self, P: torch.Tensor) -> list[torch.Tensor]:
         return [P[b, :r, :r] for b, r in enumerate(self.sizes)]
 
-    def condition_(self, cores: list[torch.Tensor], mode: str, kappa_bar: float) -> None:
+    def condition_(self, cores: list[torch.Tensor], mode: str, kappa_bar: float, conditioner: str = "eigh") -> None:
         if self.exact:
-            out = condition_s(_stack(cores), mode, kappa_bar)
+            out = condition_s(_stack(cores), mode, kappa_bar, conditioner=conditioner)
             if len(cores) == 1:
                 cores[0].copy_(out[0])
             else:
@@ -400,7 +469,8 @@ class _CoreBucket:
         torch._foreach_copy_(self.blocks(P), cores)
         c = torch.stack(torch._foreach_norm(cores)) * self.inv_sqrt_r
         P.diagonal(dim1=-2, dim2=-1).add_(self.mask * c[:, None])
-        out = condition_s(P, mode, kappa_bar, padding=(self.k, c.to(torch.float64)), completion=self.completion)
+        out = condition_s(P, mode, kappa_bar, padding=(self.k, c.to(torch.float64)), completion=self.completion,
+                          conditioner=conditioner)
         torch._foreach_copy_(cores, self.blocks(out))
 
 
@@ -445,6 +515,10 @@ class ManifoldSGD(torch.optim.SGD):
     be certified (a non-finite or numerically singular step, see :func:`cholesky_qr`) keeps its
     value from before the step.
 
+    ``conditioner`` (approx_orth; see ``CONDITIONERS``): ``eigh`` (default) or ``newton_schulz``
+    (the same map from matrix products, for GPUs; ``benchmarks/condlr_step.py --conditioner both``
+    times the two).
+
     The momentum buffer is not re-projected onto the new tangent space: its normal component
     there is O(lr), so the within-span rotation it adds is O(lr²) and the retraction absorbs it.
 
@@ -460,9 +534,12 @@ class ManifoldSGD(torch.optim.SGD):
 
     def __init__(self, model: nn.Module, layers: list, *, lr: float, momentum: float, weight_decay: float,
                  nesterov: bool = False, mode: str = "approx_orth", kappa_bar: float = 1.5,
-                 step_scale: str = "inv_a", core_gradient: bool = True):
+                 step_scale: str = "inv_a", core_gradient: bool = True, conditioner: str = "eigh"):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if conditioner not in CONDITIONERS:
+            raise ValueError(f"conditioner must be one of {CONDITIONERS}, got {conditioner!r}")
+        self.conditioner = conditioner
         if step_scale not in STEP_SCALES:
             raise ValueError(f"step_scale must be one of {STEP_SCALES}, got {step_scale!r}")
         self.layers = list(layers)
@@ -574,7 +651,7 @@ class ManifoldSGD(torch.optim.SGD):
         for bucket, members in self._buckets:
             bucket.retract_([getattr(layers[i], w) for i, w in members])
         for bucket, members in self._core_buckets:
-            bucket.condition_([layers[i].S for i in members], self.mode, self.kappa_bar)
+            bucket.condition_([layers[i].S for i in members], self.mode, self.kappa_bar, self.conditioner)
 
 
 @torch.no_grad()

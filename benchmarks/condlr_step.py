@@ -11,6 +11,10 @@ current step's stages (projection, SGD, retraction, conditioning of S) per bucke
     python benchmarks/condlr_step.py --track mnist-lenet5 --compression 0.5 --baseline 864607e
     python benchmarks/condlr_step.py --track cifar10-vgg16 --compression 0.5 0.8 --baseline 864607e --rounds 6
     python benchmarks/condlr_step.py --track cifar10-vgg16 --compression 0.5 0.8 --device cuda --stages
+    python benchmarks/condlr_step.py --track cifar10-vgg16 --compression 0.5 0.8 --device cuda --conditioner both
+
+``--conditioner both`` times the current step with conditioner="eigh" against the same step with
+"newton_schulz" (bench.condlr.CONDITIONERS) instead of a git revision.
 """
 
 from __future__ import annotations
@@ -41,11 +45,11 @@ def load_condlr(rev: str):
     return mod
 
 
-def _optimizer(module, model, track):
+def _optimizer(module, model, track, **kw):
     from bench.lowrank import lowrank_layers
 
     return module.ManifoldSGD(model, [l for _, l in lowrank_layers(model)], lr=track.lr, momentum=track.momentum,
-                              weight_decay=track.weight_decay, nesterov=track.nesterov)
+                              weight_decay=track.weight_decay, nesterov=track.nesterov, **kw)
 
 
 def main(argv=None) -> int:
@@ -57,6 +61,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (timings synchronise the device)")
     p.add_argument("--stages", action="store_true", help="also time the current step's stages per bucket")
+    p.add_argument("--conditioner", choices=["eigh", "newton_schulz", "both"], default="eigh",
+                   help="how the current step conditions S (approx_orth); both: time the two, interleaved, "
+                        "newton_schulz as the baseline column")
     args = p.parse_args(argv)
 
     import copy
@@ -85,8 +92,11 @@ def main(argv=None) -> int:
         F.cross_entropy(model(x), y).backward()
         state = copy.deepcopy(model.state_dict())
         grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-        opts = {"current": _optimizer(current, model, track)}
-        if baseline is not None:
+        cond = "eigh" if args.conditioner == "both" else args.conditioner
+        opts = {"current": _optimizer(current, model, track, conditioner=cond)}
+        if args.conditioner == "both":
+            opts["baseline"] = _optimizer(current, model, track, conditioner="newton_schulz")
+        elif baseline is not None:
             opts["baseline"] = _optimizer(baseline, model, track)
 
         def restore():
@@ -106,18 +116,21 @@ def main(argv=None) -> int:
                 if r:  # round 0 warms up
                     times[k].append(time.perf_counter() - t0)
         row = {"compression": c, "current_ms": 1e3 * statistics.median(times["current"])}
-        if baseline is not None:
+        if "baseline" in opts:
             row["baseline_ms"] = 1e3 * statistics.median(times["baseline"])
             row["ratio"] = statistics.median(a / b for a, b in zip(times["current"], times["baseline"]))
         table.append(row)
         if args.stages:
-            _stages(opts["current"], restore, args.rounds, lambda: synchronize(device))
-    head = f"{'compression':>11}  {'current ms':>10}" + (f"  {'baseline ms':>11}  {'current/baseline':>16}" if baseline else "")
-    print(head)
+            for k, o in opts.items():
+                if k == "current" or args.conditioner == "both":
+                    _stages(o, restore, args.rounds, lambda: synchronize(device))
+    cur, base = ("eigh", "newton_schulz") if args.conditioner == "both" else ("current", "baseline")
+    compared = any("ratio" in row for row in table)
+    print(f"{'compression':>11}  {cur + ' ms':>10}" + (f"  {base + ' ms':>16}  {cur + '/' + base:>21}" if compared else ""))
     for row in table:
         line = f"{row['compression']:>11g}  {row['current_ms']:>10.1f}"
-        if baseline is not None:
-            line += f"  {row['baseline_ms']:>11.1f}  {row['ratio']:>16.2f}"
+        if compared:
+            line += f"  {row['baseline_ms']:>16.1f}  {row['ratio']:>21.2f}"
         print(line)
     return 0
 
@@ -140,7 +153,7 @@ def _stages(opt, restore, rounds: int, sync) -> None:
         return 1e3 * statistics.median(out)
 
     layers = opt.layers
-    print("  stage times (ms), current step:")
+    print(f"  stage times (ms), current step ({opt.mode}, conditioner {opt.conditioner}):")
     print(f"    SGD (foreach) {timed(lambda: torch.optim.SGD.step(opt)):.2f}")
     for bucket, members in opt._buckets:
         params = [getattr(layers[i], w) for i, w in members]
@@ -156,7 +169,8 @@ def _stages(opt, restore, rounds: int, sync) -> None:
               f"project {timed(project):.2f}, retract {timed(lambda: bucket.retract_(params)):.2f}")
     for bucket, members in opt._core_buckets:
         cores = [layers[i].S for i in members]
-        print(f"    cores {bucket.sizes}: condition {timed(lambda: bucket.condition_(cores, opt.mode, opt.kappa_bar)):.2f}")
+        cond = timed(lambda: bucket.condition_(cores, opt.mode, opt.kappa_bar, opt.conditioner))
+        print(f"    cores {bucket.sizes}: condition {cond:.2f}")
 
 
 if __name__ == "__main__":

@@ -359,13 +359,16 @@ def test_a_factor_whose_step_is_not_finite_keeps_its_value():
 # --------------------------------------------------------------------------------------------
 # no host synchronisation inside step()
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("mode,step_scale", [("approx_orth", "inv_a"), ("approx_orth", "reference"),
-                                             ("mean", "inv_a"), ("mean", "reference")])
-def test_step_reads_no_tensor_value_on_the_host(monkeypatch, mode, step_scale):
+@pytest.mark.parametrize("mode,step_scale,conditioner", [("approx_orth", "inv_a", "eigh"),
+                                                         ("approx_orth", "reference", "eigh"),
+                                                         ("approx_orth", "inv_a", "newton_schulz"),
+                                                         ("mean", "inv_a", "eigh"), ("mean", "reference", "eigh")])
+def test_step_reads_no_tensor_value_on_the_host(monkeypatch, mode, step_scale, conditioner):
     """Every Python-level way to read a tensor value raises during step(): no .item(), no
     float()/int()/bool() of a tensor, no Python branch on one, no .cpu()/.tolist()/.numpy()."""
     method, model, size = _model("lenet5", 0.5, mode=mode, step_scale=step_scale)
     opt = method.make_optimizer(model, OptimHP(lr=0.1, momentum=0.3, weight_decay=5e-4))
+    opt.conditioner = conditioner
     x, y = _batches(size, n=1)[0]
     for _ in range(2):
         opt.zero_grad(set_to_none=True)
@@ -481,6 +484,69 @@ def test_condition_s_with_padding_gives_the_core_its_own_result(mode):
     padded = condition_s(P.unsqueeze(0), mode, 1.3, padding=(torch.tensor([5.0], dtype=F64), c.reshape(1)))
     alone = condition_s(S, mode, 1.3)
     assert torch.allclose(padded[0, :7, :7], alone, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# conditioner="newton_schulz": the approx_orth map without eigh
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("r", [10, 59, 155])
+@pytest.mark.parametrize("kappa", [1.01, 1.6, 3.0, 10.0, 100.0])
+@pytest.mark.parametrize("kappa_bar", [1.1, 1.5])
+def test_newton_schulz_conditioner_matches_eigh(r, kappa, kappa_bar):
+    S = torch.stack([_with_kappa(r, r, kappa, seed=r + k) * (3.0 - k) for k in range(2)])
+    ns = condition_s(S, "approx_orth", kappa_bar, conditioner="newton_schulz")
+    eig = condition_s(S, "approx_orth", kappa_bar)
+    assert ns.dtype == S.dtype and _kappa(ns) <= kappa_bar * (1 + 1e-4)
+    assert float((ns - eig).abs().max() / eig.abs().max()) <= 2e-6
+
+
+@pytest.mark.parametrize("kappa", [1e4, 1e7])
+def test_newton_schulz_conditioner_beyond_its_range_or_broken_is_on_the_constraint_set(kappa):
+    """Where the fixed iterations cannot converge (κ(S) ≫ 1e3), S is singular or not finite, the
+    certificate fails and S becomes m·Q_S (κ = 1); the other cores of the batch are unaffected."""
+    torch.manual_seed(0)
+    S = torch.stack([_with_kappa(20, 20, kappa, seed=1) * 2.0, torch.randn(20, 20), torch.randn(20, 20),
+                     _with_kappa(20, 20, 1.3, seed=2)])
+    S[1, :, 1] = S[1, :, 0]
+    S[2, 0, 0] = float("nan")
+    out = condition_s(S, "approx_orth", 1.5, conditioner="newton_schulz")
+    assert torch.isfinite(out).all()
+    for b in range(4):
+        assert _kappa(out[b]) <= 1.5 * (1 + 1e-4), b
+    assert _kappa(out[0]) <= 1 + 1e-4  # the fallback, not a half-converged iterate
+    assert torch.allclose(out[3], condition_s(S[3], "approx_orth", 1.5), atol=1e-6)
+
+
+def test_newton_schulz_conditioner_with_padding_gives_the_core_its_own_result():
+    torch.manual_seed(0)
+    S = _with_kappa(7, 7, 2.0, seed=3) * 2.0
+    c = S.to(F64).norm() / 7 ** 0.5
+    P = torch.zeros(12, 12)
+    P[:7, :7] = S
+    P[7:, 7:] = torch.eye(5) * float(c)
+    padded = condition_s(P.unsqueeze(0), "approx_orth", 1.3, padding=(torch.tensor([5.0], dtype=F64), c.reshape(1)),
+                         conditioner="newton_schulz")
+    assert torch.allclose(padded[0, :7, :7], condition_s(S, "approx_orth", 1.3), atol=1e-6)
+
+
+def test_newton_schulz_step_follows_the_eigh_step():
+    """Training with either conditioner gives the same network (smooth, so rounding flips no
+    argmax), every step on the constraint set and without reading a tensor on the host."""
+    _, model, size = _model("lenet5", 0.5, smooth=True)
+    twin = copy.deepcopy(model)
+    hp = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
+    opt = ManifoldSGD(model, [l for _, l in lowrank_layers(model)], **hp)
+    opt_ns = ManifoldSGD(twin, [l for _, l in lowrank_layers(twin)], conditioner="newton_schulz", **hp)
+    data = _batches(size, batch=32)
+    for step in range(6):
+        _train(model, opt, data[step % 4:][:1], 1)
+        _train(twin, opt_ns, data[step % 4:][:1], 1)
+        _assert_on_constraint_set(twin, 1.5, f"step {step}")
+    for name, b in twin.state_dict().items():
+        a = model.state_dict()[name]
+        assert torch.allclose(a, b, rtol=0, atol=1e-5 * float(a.abs().max())), name
+    with pytest.raises(ValueError, match="conditioner"):
+        ManifoldSGD(model, [l for _, l in lowrank_layers(model)], conditioner="svd", **hp)
 
 
 # --------------------------------------------------------------------------------------------

@@ -157,6 +157,7 @@ def test_gpu_check_smoke_runs_for_real(tmp_path):
     assert "FAILED" not in stages and "TIMEOUT" not in stages and "SKIPPED" not in stages, stages
     assert "AutoAttack overhead: bench" in log and "latency ratio" in log
     assert "stage times (ms), current step" in log and "retract" in log  # benchmarks/condlr_step.py
+    assert "conditioner newton_schulz" in log and "eigh/newton_schulz" in log  # --conditioner both
 
     runs = read_results(out / "results")
     assert sorted(runs["method"]) == ["dense", "pruning", "robust_lowrank", "vanilla_lowrank"]

@@ -15,7 +15,8 @@
 # Expected times on one H100/H200 (estimates from REFERENCE.md: a dense VGG16 step at batch 128 is
 # about 8.5 ms; AutoAttack standard on 1,000 CIFAR-10 points about 40 s for a trained VGG16):
 #   gpu info 5 s (limit 30) | install 10-20 s (limit 90) | bench perf 40-90 s (limit 150) |
-#   condlr step (the CondLR step's stages, benchmarks/condlr_step.py) 10-20 s (limit 40)
+#   condlr step (the CondLR step and its stages with conditioner eigh and newton_schulz,
+#   benchmarks/condlr_step.py --conditioner both) 15-30 s (limit 60)
 #   each run: 5 epochs of 11,250 images (or 25 s, first reached) + evaluation with AutoAttack on
 #   1,000 points, 40-80 s (limit 100) | bench show 5 s (limit 30). Total about 4-6 min; the cap is 450 s.
 # The GPU machine has no internet: every pip call is --no-index.
@@ -98,7 +99,7 @@ if ((SMOKE)); then
   # AutoAttack is exercised by the perf stage (APGD-CE).
   RUN_ARGS=(--epochs 0.1 --batch-size 16 --n-eval 2 --no-attacks --threads 1)
   RUN_TRACK=cifar10-vgg16   # the smoke payload has 200 training images, fewer than the subset track's 15,000
-  STEP_ARGS=(--track digits-cnn --compression 0.5 --rounds 2 --threads 1 --stages)
+  STEP_ARGS=(--track digits-cnn --compression 0.5 --rounds 2 --threads 1 --stages --conditioner both)
   PERF_LIMIT=90; RUN_LIMIT=60; STEP_LIMIT=30
 else
   DEVICE=cuda
@@ -126,8 +127,8 @@ else
   PERF_ARGS=(--compression 0.5 0.8 --steps 30 --warmup 5 --repeats 5 --aa-points 500 --aa-version standard --aa-rounds 2)
   RUN_ARGS=(--compression 0.5 --epochs 5 --budget-seconds 25 --n-eval 1000)
   RUN_TRACK=cifar10-vgg16-subset   # its rows say "subset" in the track name
-  STEP_ARGS=(--track cifar10-vgg16 --compression 0.5 0.8 --rounds 10 --stages)
-  PERF_LIMIT=150; RUN_LIMIT=100; STEP_LIMIT=40
+  STEP_ARGS=(--track cifar10-vgg16 --compression 0.5 0.8 --rounds 10 --stages --conditioner both)
+  PERF_LIMIT=150; RUN_LIMIT=100; STEP_LIMIT=60
 fi
 
 stage "torch info" 60 "$PY" -c "
@@ -145,7 +146,8 @@ print('bench from', bench.cli.__file__, '| pyautoattack from', pyautoattack.__fi
 stage "bench perf" "$PERF_LIMIT" "${BENCH[@]}" perf --track cifar10-vgg16 --device "$DEVICE" --data-dir "$PAYLOAD" \
   --results-dir "$RES" "${PERF_ARGS[@]}"
 
-# where the CondLR step's time goes on this device: projection, retraction, conditioning per bucket
+# where the CondLR step's time goes on this device: projection, retraction, conditioning per bucket, with S
+# conditioned by eigh (the default) and by Newton–Schulz products (conditioner="newton_schulz")
 stage "condlr step" "$STEP_LIMIT" "$PY" benchmarks/condlr_step.py --device "$DEVICE" "${STEP_ARGS[@]}"
 
 for m in dense robust_lowrank vanilla_lowrank pruning; do
