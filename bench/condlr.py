@@ -234,14 +234,16 @@ def _clamp_spectrum(s: torch.Tensor, kappa_bar: float, mean: torch.Tensor | None
 def _newton_schulz(X: torch.Tensor, steps: tuple[int, int]) -> torch.Tensor:
     """The orthogonal polar factor of X (…×r×r, nonsingular) by Newton–Schulz iterations (see
     _NS_FAST); for a symmetric X, its matrix sign. Matrix products only."""
-    X = X / X.square().sum((-2, -1), keepdim=True).sqrt().clamp_min(torch.finfo(X.dtype).tiny)
+    shape = X.shape
+    X = X.reshape(-1, *shape[-2:])  # baddbmm: one batch dimension
+    X = X / torch.linalg.matrix_norm(X, keepdim=True).clamp_min(torch.finfo(X.dtype).tiny)
     a, b, c = _NS_FAST
-    for _ in range(steps[0]):
-        A = X.transpose(-1, -2) @ X
-        X = a * X + X @ (b * A + c * (A @ A))
-    for _ in range(steps[1]):
-        X = 1.5 * X - 0.5 * (X @ (X.transpose(-1, -2) @ X))
-    return X
+    for _ in range(steps[0]):  # X ← aX + X(bA + cA²), A = XᵀX: three batched products
+        A = torch.bmm(X.transpose(-1, -2), X)
+        X = torch.baddbmm(X, X, torch.baddbmm(A, A, A, beta=b, alpha=c), beta=a)
+    for _ in range(steps[1]):  # X ← 1.5X − 0.5 X XᵀX
+        X = torch.baddbmm(X, X, torch.bmm(X.transpose(-1, -2), X), beta=1.5, alpha=-0.5)
+    return X.reshape(shape)
 
 
 def _condition_newton_schulz(S64: torch.Tensor, kappa_bar: float, k, c, completion) -> torch.Tensor:
