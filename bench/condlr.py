@@ -26,9 +26,10 @@ guard that keeps the invariants is a ``torch.where`` on values computed for the 
 
 On CUDA, ``torch.linalg.eigh`` checks its LAPACK status on the host (one synchronisation per
 call, inside PyTorch): the approx_orth mode pays one per core bucket per step (two with
-``step_scale="reference"``) unless ``conditioner="newton_schulz"``; the mean mode with the default
-step scale and approx_orth with newton_schulz use only matmuls, ``cholesky_ex`` and triangular
-solves, none of which synchronises. The float64 work is r×r
+``step_scale="reference"``), with ``conditioner="newton_schulz"`` none (one with the reference
+step scale, whose σ_min/σ_max comes from ``eigvalsh``); the mean mode with the default step scale
+and approx_orth with newton_schulz use only matmuls, ``cholesky_ex`` and triangular solves, none of
+which synchronises. The float64 work is r×r
 only (full speed on H100/H200-class GPUs and on CPUs, slow on consumer GPUs).
 """
 
