@@ -315,15 +315,17 @@ def _corrupt(model, what):
                 l.S[:, 0] = l.S[:, 1]
 
 
-@pytest.mark.parametrize("mode", ["approx_orth", "mean"])
+@pytest.mark.parametrize("mode,conditioner", [("approx_orth", "eigh"), ("approx_orth", "newton_schulz"),
+                                              ("mean", "eigh")])
 @pytest.mark.parametrize("what,lr", [("S_kappa=1e3", 0.1), ("S_kappa=1e4", 0.1), ("factor_kappa=100", 0.1),
                                      ("rank_deficient", 0.1), ("rank_deficient_small", 0.1), ("S_singular", 0.1),
                                      ("lr", 10.0)])
-def test_a_bad_step_ends_on_the_constraint_set(mode, what, lr):
+def test_a_bad_step_ends_on_the_constraint_set(mode, conditioner, what, lr):
     method, model, size = _model("lenet5", 0.5, mode=mode)
     bound = 1.5 if mode == "approx_orth" else 1.0
     _corrupt(model, what)
     opt = method.make_optimizer(model, OptimHP(lr=lr, momentum=0.9, weight_decay=5e-4))
+    opt.conditioner = conditioner
     big = max((l for _, l in lowrank_layers(model)), key=lambda l: l.rank)
     for step, (x, y) in enumerate(_batches(size, n=3, batch=32)):
         opt.zero_grad(set_to_none=True)
