@@ -65,6 +65,8 @@ def main(argv=None) -> int:
                    help="how the current step conditions S (approx_orth); both: time the two, interleaved, "
                         "newton_schulz as the baseline column")
     args = p.parse_args(argv)
+    if args.conditioner == "both" and args.baseline:
+        p.error("--conditioner both compares the two conditioners of the current step; drop --baseline")
 
     import copy
 
