@@ -29,8 +29,8 @@ call, inside PyTorch): the approx_orth mode pays one per core bucket per step (t
 ``step_scale="reference"``), with ``conditioner="newton_schulz"`` none (one with the reference
 step scale, whose σ_min/σ_max comes from ``eigvalsh``); the mean mode with the default step scale
 and approx_orth with newton_schulz use only matmuls, ``cholesky_ex`` and triangular solves, none of
-which synchronises. The float64 work is r×r
-only (full speed on H100/H200-class GPUs and on CPUs, slow on consumer GPUs).
+which synchronises. The float64 work is r×r only (full speed on H100/H200-class GPUs and on
+CPUs, slow on consumer GPUs).
 """
 
 from __future__ import annotations
@@ -224,13 +224,17 @@ def effective_bound(kappa_bar: float) -> float:
     return 1.0 + (kappa_bar - 1.0) * (1.0 - _KAPPA_MARGIN)
 
 
-def _clamp_spectrum(s: torch.Tensor, kappa_bar: float, mean: torch.Tensor | None = None) -> torch.Tensor:
-    """Clamp singular values to [mean − e, mean + e], e = mean·(κ − 1)/(κ + 1), so max/min ≤ κ."""
+def _clamp_bounds(mean: torch.Tensor, kappa_bar: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """[mean − e, mean + e], e = mean·(κ − 1)/(κ + 1) with κ = effective_bound(κ̄): max/min = κ."""
     k = effective_bound(kappa_bar)
-    if mean is None:
-        mean = s.mean(dim=-1, keepdim=True)
     e = mean * (k - 1.0) / (k + 1.0)
-    return torch.minimum(torch.maximum(s, mean - e), mean + e)
+    return mean - e, mean + e
+
+
+def _clamp_spectrum(s: torch.Tensor, kappa_bar: float, mean: torch.Tensor | None = None) -> torch.Tensor:
+    """Clamp singular values to :func:`_clamp_bounds` around their mean, so max/min ≤ κ̄."""
+    lo, hi = _clamp_bounds(s.mean(dim=-1, keepdim=True) if mean is None else mean, kappa_bar)
+    return torch.minimum(torch.maximum(s, lo), hi)
 
 
 def _newton_schulz(X: torch.Tensor, steps: tuple[int, int]) -> torch.Tensor:
@@ -261,14 +265,12 @@ def _condition_newton_schulz(S64: torch.Tensor, kappa_bar: float, k, c, completi
     H = P.transpose(-1, -2) @ S64
     H = 0.5 * (H + H.transpose(-1, -2))
     m = (H.diagonal(dim1=-2, dim2=-1).sum(-1) - k * c) / (r - k)
-    kb = effective_bound(kappa_bar)
-    e = m * (kb - 1.0) / (kb + 1.0)
-    lo, hi = (m - e)[..., None, None], (m + e)[..., None, None]
+    lo, hi = _clamp_bounds(m[..., None, None], kappa_bar)
     B = torch.stack([H - lo * eye, H - hi * eye])
     absB = B @ _newton_schulz(B, _NS_SIGN_STEPS)
     out = P @ (0.5 * ((lo + hi) * eye + absB[0] - absB[1]))
-    # certified: lo·(1 − t) ≤ σ(out) ≤ hi·(1 + t), (1 + t)/(1 − t) = κ̄/kb, so κ(out) ≤ κ̄
-    q = kappa_bar / kb
+    # certified: lo·(1 − t) ≤ σ(out) ≤ hi·(1 + t), (1 + t)/(1 − t) = κ̄/κ (hi/lo = κ), so κ(out) ≤ κ̄
+    q = kappa_bar / effective_bound(kappa_bar)
     t = (q - 1.0) / (q + 1.0)
     G = out.transpose(-1, -2) @ out
     ok = torch.isfinite(G.sum((-2, -1)))
@@ -543,14 +545,13 @@ class ManifoldSGD(torch.optim.SGD):
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if conditioner not in CONDITIONERS:
             raise ValueError(f"conditioner must be one of {CONDITIONERS}, got {conditioner!r}")
-        self.conditioner = conditioner
         if step_scale not in STEP_SCALES:
             raise ValueError(f"step_scale must be one of {STEP_SCALES}, got {step_scale!r}")
         self.layers = list(layers)
         if any(l.S is None for l in self.layers):
             raise ValueError("CondLR layers need an S (with_s=True)")
         self.mode, self.kappa_bar, self.step_scale = mode, kappa_bar, step_scale
-        self.core_gradient = core_gradient
+        self.core_gradient, self.conditioner = core_gradient, conditioner
         stiefel = [p for l in self.layers for p in (l.U, l.V)]
         ids = {id(p) for p in stiefel}
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
