@@ -24,6 +24,13 @@ guard that keeps the invariants is a ``torch.where`` on values computed for the 
   synchronisation on CUDA, about 90 batched r×r products per core bucket (slower than eigh on a
   CPU; meant for GPUs, where eigh runs one matrix at a time).
 
+* ``ManifoldSGD(cuda_graph=True)`` (CUDA only, with a step that never synchronises: approx_orth
+  with ``conditioner="newton_schulz"``, or mean/unit) captures the whole step, momentum SGD
+  included, in one CUDA graph after a few eager steps and replays it: one launch instead of
+  1,600-2,400 Python-dispatched kernels for VGG16. ``_static_step`` is the captured step; run
+  eagerly it takes the same step as the default path (tests/test_condlr.py, on the CPU). It has
+  not run on a GPU yet: ``benchmarks/gpu_check/run.sh`` times it and checks it against the eager step.
+
 On CUDA, ``torch.linalg.eigh`` checks its LAPACK status on the host (one synchronisation per
 call, inside PyTorch): the approx_orth mode pays one per core bucket per step (two with
 ``step_scale="reference"``), with ``conditioner="newton_schulz"`` none (one with the reference
@@ -525,6 +532,14 @@ class ManifoldSGD(torch.optim.SGD):
     (the same map from matrix products, for GPUs; ``benchmarks/condlr_step.py --conditioner both``
     times the two).
 
+    ``cuda_graph`` (CUDA; needs a step without host synchronisation, see above): after
+    ``graph_warmup`` eager steps, capture the step in a CUDA graph and replay it every step (the
+    gradients are copied into static buffers, the lr into 0-dim tensors). A step that differs from
+    the captured one (other parameters with gradients, new momentum buffers after
+    ``load_state_dict``, other momentum or weight decay) runs eagerly and the graph is captured anew; a
+    capture that fails warns and leaves the optimizer eager. :meth:`with_options` makes the same
+    optimizer with other options (``bench perf --cuda-graph``).
+
     The momentum buffer is not re-projected onto the new tangent space: its normal component
     there is O(lr), so the within-span rotation it adds is O(lr²) and the retraction absorbs it.
 
@@ -540,7 +555,8 @@ class ManifoldSGD(torch.optim.SGD):
 
     def __init__(self, model: nn.Module, layers: list, *, lr: float, momentum: float, weight_decay: float,
                  nesterov: bool = False, mode: str = "approx_orth", kappa_bar: float = 1.5,
-                 step_scale: str = "inv_a", core_gradient: bool = True, conditioner: str = "eigh"):
+                 step_scale: str = "inv_a", core_gradient: bool = True, conditioner: str = "eigh",
+                 cuda_graph: bool = False):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if conditioner not in CONDITIONERS:
@@ -558,6 +574,22 @@ class ManifoldSGD(torch.optim.SGD):
         groups = [{"params": rest}, {"params": stiefel, "weight_decay": 0.0, "stiefel": True}]
         super().__init__(groups, lr=lr, momentum=momentum, weight_decay=weight_decay,
                          nesterov=nesterov and momentum > 0, foreach=True)
+        if cuda_graph:
+            if mode == "approx_orth" and (conditioner == "eigh" or step_scale == "reference"):
+                raise ValueError("cuda_graph=True needs a step without host synchronisation: approx_orth with "
+                                 "conditioner='newton_schulz' and step_scale='inv_a' (eigh and eigvalsh "
+                                 "synchronise on CUDA), or mode 'mean' / 'unit'")
+            devices = {p.device.type for g in groups for p in g["params"]}
+            if devices != {"cuda"}:
+                raise ValueError(f"cuda_graph=True needs every parameter on a CUDA device, got {sorted(devices)}")
+        self.cuda_graph = cuda_graph
+        self._model = model
+        self._options = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, mode=mode,
+                             kappa_bar=kappa_bar, step_scale=step_scale, core_gradient=core_gradient,
+                             conditioner=conditioner, cuda_graph=cuda_graph)
+        self._graph = None  # torch.cuda.CUDAGraph of _static_step once captured (see _graph_step)
+        self._graph_key = None
+        self._steps_taken = 0
         # buckets fixed for the optimizer's life: factors (layer index, "U"/"V") and cores (layer
         # index) of one dtype and device, by shape
         kinds: dict[tuple, list[tuple[int, str]]] = {}
@@ -600,8 +632,136 @@ class ManifoldSGD(torch.optim.SGD):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._step()
+        if self.cuda_graph:
+            self._graph_step()
+        else:
+            self._step()
+        self._steps_taken += 1
         return loss
+
+    # -- the step captured in a CUDA graph ----------------------------------------------------
+    # Every kernel of the step is launched by one graph replay instead of one Python call each
+    # (about 1,600-2,400 calls for VGG16). What a replay reads must sit at fixed addresses: the
+    # gradients are copied into static buffers (the trainer's zero_grad(set_to_none=True) makes new
+    # ones every step), each group's lr is a 0-dim device tensor (the schedule changes it), and
+    # momentum SGD is the foreach update of torch.optim.SGD written with that tensor lr
+    # (:meth:`_static_sgd`). The rest of the step is :meth:`_step` itself, unchanged.
+
+    #: eager steps before the capture (the momentum buffers and cached constants exist by then)
+    graph_warmup = 3
+
+    def _graph_params(self) -> list[torch.Tensor]:
+        return [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+
+    def _graph_signature(self):
+        """What a captured graph bakes in: the parameters stepped, their momentum buffers and the
+        groups' hyper-parameters other than lr. A step whose signature differs runs eagerly and the
+        graph is captured anew."""
+        hp = tuple((g["momentum"], g["dampening"], g["weight_decay"], g["nesterov"], g["maximize"])
+                   for g in self.param_groups)
+        params = self._graph_params()
+        return (tuple(id(p) for p in params), tuple(id(self.state.get(p, {}).get("momentum_buffer")) for p in params),
+                hp)
+
+    def _load_static_inputs(self) -> None:
+        """Gradients into the static buffers (which become the parameters' .grad), lr into its tensors."""
+        params = self._graph_params()
+        grads = [p.grad for p in params]
+        torch._foreach_copy_(self._static_grads, grads)
+        for p, g in zip(params, self._static_grads):
+            p.grad = g
+        for t, group in zip(self._static_lr, self.param_groups):
+            t.fill_(group["lr"])
+
+    def _prepare_static(self) -> bool:
+        """Allocate the static gradients and lr tensors for the parameters that have a gradient now;
+        False where the step cannot be made static yet (a momentum buffer still missing)."""
+        params = self._graph_params()
+        if not params or any(g["maximize"] for g in self.param_groups):
+            return False
+        if any(g["momentum"] and self.state.get(p, {}).get("momentum_buffer") is None
+               for g in self.param_groups for p in g["params"] if p.grad is not None):
+            return False
+        self._static_grads = [torch.empty_like(p.grad) for p in params]
+        self._static_lr = [torch.zeros((), dtype=torch.float32, device=params[0].device) for _ in self.param_groups]
+        self._load_static_inputs()
+        return True
+
+    def _static_sgd(self) -> None:
+        """torch.optim.SGD's foreach step (weight decay, momentum, dampening, Nesterov) with the lr
+        read from the 0-dim tensors of :meth:`_prepare_static`: nothing in it depends on a host value
+        that changes between steps."""
+        for group, lr in zip(self.param_groups, self._static_lr):
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            if group["weight_decay"]:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            if group["momentum"]:
+                bufs = [self.state[p]["momentum_buffer"] for p in params]
+                torch._foreach_mul_(bufs, group["momentum"])
+                torch._foreach_add_(bufs, grads, alpha=1 - group["dampening"])
+                grads = torch._foreach_add(grads, bufs, alpha=group["momentum"]) if group["nesterov"] else bufs
+            torch._foreach_sub_(params, torch._foreach_mul(grads, lr.to(params[0].dtype)))
+
+    def _static_step(self) -> None:
+        """The step as the graph runs it: :meth:`_step` with :meth:`_static_sgd` (run eagerly, it
+        takes the same step as :meth:`_step`; tests compare the two on the CPU)."""
+        self._step(sgd=self._static_sgd)
+
+    def _graph_step(self) -> None:
+        key = self._graph_signature()
+        if self._graph is not None and key == self._graph_key:
+            self._load_static_inputs()
+            self._graph.replay()
+            return
+        self._graph = None
+        if self._steps_taken < self.graph_warmup or not self._prepare_static():
+            self._step()
+            return
+        self._capture(key)
+
+    def _capture(self, key) -> None:
+        """Take this step on a side stream (the warm-up the capture needs), then capture the same
+        step into a graph without running it. A capture that fails leaves the step taken and the
+        optimizer eager from then on, with a warning."""
+        import warnings
+
+        device = self._static_grads[0].device
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            self._static_step()
+        torch.cuda.current_stream(device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, stream=stream):
+                self._static_step()
+        except Exception as exc:  # noqa: BLE001 - any capture failure: keep training eagerly
+            torch.cuda.synchronize(device)
+            self.cuda_graph = False
+            warnings.warn(f"ManifoldSGD: capturing the step in a CUDA graph failed ({type(exc).__name__}: {exc}); "
+                          "the step runs eagerly from now on", RuntimeWarning, stacklevel=3)
+            return
+        self._graph, self._graph_key = graph, key
+
+    def with_options(self, **changes) -> "ManifoldSGD":
+        """A new optimizer (no state) on the same model and layers with the same settings but
+        ``changes``, e.g. ``opt.with_options(conditioner="newton_schulz", cuda_graph=True)``."""
+        new = type(self)(self._model, self.layers, **{**self._options, **changes})
+        for g, old in zip(new.param_groups, self.param_groups):
+            g.update({k: v for k, v in old.items() if k not in g or k in ("lr", "lr_scale")})
+        return new
+
+    @property
+    def graph_captured(self) -> bool:
+        """Whether steps now replay a captured CUDA graph."""
+        return self._graph is not None
+
+    def load_state_dict(self, state_dict) -> None:
+        super().load_state_dict(state_dict)
+        self._graph = None  # new momentum buffers: capture again
 
     def _direction_scales(self) -> list[torch.Tensor]:
         """Per layer, the 0-dim factor applied to the projected U, V gradients (``STEP_SCALES``)."""
@@ -639,7 +799,7 @@ class ManifoldSGD(torch.optim.SGD):
             Bs.append(S if w == "U" else S.transpose(-1, -2))
         return As, Bs
 
-    def _step(self) -> None:
+    def _step(self, sgd=None) -> None:
         layers = self.layers
         scales = self._direction_scales()
         for bucket, members in self._buckets:  # keep X; g ← (g − X Xᵀ g) · scale
@@ -652,7 +812,10 @@ class ManifoldSGD(torch.optim.SGD):
                 continue
             bucket.project_(params, [p.grad for p in params], _stack([scales[i] for i, _ in members]),
                             core=self._core_operands(members))
-        super().step()
+        if sgd is None:
+            super().step()
+        else:
+            sgd()
         for bucket, members in self._buckets:
             bucket.retract_([getattr(layers[i], w) for i, w in members])
         for bucket, members in self._core_buckets:

@@ -90,6 +90,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--aa-rounds", type=int, default=2,
                    help="timed pairs of AutoAttack calls, order alternating: direct+bench, bench+direct, ... (default 2)")
     p.add_argument("--no-aa", action="store_true", help="skip the AutoAttack overhead measurement")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="also time robust_lowrank with its optimizer step captured in a CUDA graph and replayed "
+                        "(conditioner newton_schulz: no host synchronisation), as an extra row 'robust_lowrank "
+                        "(graph)' beside the eager one; needs a CUDA device")
     p.add_argument("--no-write", action="store_true", help="print only, write no parquet file")
     return p
 
@@ -112,10 +116,15 @@ class _Entry:
     deployed: Any = None
     flops: int | None = None
     lat_repeats: int = 0
+    variant: str = "eager"  # how the optimizer steps: eager, or cuda_graph (bench perf --cuda-graph)
 
     @property
-    def key(self) -> tuple[str, float]:
-        return (self.method, self.compression)
+    def key(self) -> tuple[str, float, str]:
+        return (self.method, self.compression, self.variant)
+
+    @property
+    def label(self) -> str:
+        return self.method if self.variant == "eager" else f"{self.method} (graph)"
 
 
 def _load_data(track, args, batch_size: int):
@@ -281,7 +290,7 @@ def _fmt(v, spec: str) -> str:
 
 def format_table(rows: list[dict]) -> str:
     head = ("method", "compression", "img/s", "x dense", "x vanilla", "latency ms", "latency ratio", "FLOP ratio")
-    body = [(r["method"], _fmt(r["compression_target"], "g"), _fmt(r["images_per_second"], ",.0f"),
+    body = [(r["method"] + (" (graph)" if r.get("step_variant", "eager") != "eager" else ""), _fmt(r["compression_target"], "g"), _fmt(r["images_per_second"], ",.0f"),
              _fmt(r["ratio_to_dense"], ".2f"), _fmt(r["ratio_to_vanilla_lowrank"], ".2f"),
              _fmt(r["latency_ms"], ".3f"), _fmt(r["latency_ratio"], ".2f"), _fmt(r["flop_ratio"], ".3f"))
             for r in rows]
@@ -342,6 +351,12 @@ def cmd_perf(args) -> int:
         METHODS.get(m)  # unknown names fail now, with suggestions
     if "dense" not in methods:
         methods.insert(0, "dense")
+    if args.cuda_graph:
+        if device.type != "cuda":
+            raise ValueError(f"--cuda-graph captures the CondLR step in a CUDA graph: it needs a CUDA device, "
+                             f"got {device}")
+        if "robust_lowrank" not in methods:
+            raise ValueError("--cuda-graph times robust_lowrank's step: include robust_lowrank in --methods")
     comps = args.compression if args.compression else [track.compression]
     for c in comps:
         if not 0.0 <= c < 1.0:
@@ -365,16 +380,27 @@ def cmd_perf(args) -> int:
     for m in methods:
         cls = METHODS.get(m)
         for c in (comps if cls.compresses else [0.0]):
-            if any(e.key == (m, c) for e in entries):
+            if any(e.key == (m, c, "eager") for e in entries):
                 continue
             entries.append(_build(m, float(c), track, data, device, batch_size, args.seed))
+            if args.cuda_graph and m == "robust_lowrank":
+                g = _build(m, float(c), track, data, device, batch_size, args.seed)
+                g.optimizer = g.optimizer.with_options(conditioner="newton_schulz", cuda_graph=True)
+                g.variant = "cuda_graph"
+                entries.append(g)
     dense = entries[[e.method for e in entries].index("dense")]
     x_dev, y_dev = data.x_train.to(device), data.y_train.to(device)
 
     # -- training throughput, round-robin ----------------------------------------------------
     for e in entries:
-        _train_steps(e, args.warmup, x_dev, y_dev, track, batch_size)
+        # a graph entry takes its eager warm-up steps and the capture before the timed steps
+        warmup = max(args.warmup, e.optimizer.graph_warmup + 1) if e.variant == "cuda_graph" else args.warmup
+        _train_steps(e, warmup, x_dev, y_dev, track, batch_size)
     synchronize(device)
+    for e in entries:
+        if e.variant == "cuda_graph":
+            log(f"  {e.label}@{e.compression:g}: step " + ("captured in a CUDA graph" if e.optimizer.graph_captured
+                                                           else "NOT captured (eager; see the warning above)"))
     for r in range(args.repeats):
         for e in entries:
             synchronize(device)
@@ -382,7 +408,7 @@ def cmd_perf(args) -> int:
             _train_steps(e, args.steps, x_dev, y_dev, track, batch_size)
             synchronize(device)
             e.ips.append(args.steps * batch_size / (time.perf_counter() - t0))
-        log(f"  round {r + 1}: " + "  ".join(f"{e.method}@{e.compression:g} {e.ips[-1]:,.0f}" for e in entries))
+        log(f"  round {r + 1}: " + "  ".join(f"{e.label}@{e.compression:g} {e.ips[-1]:,.0f}" for e in entries))
 
     # -- inference form: latency and FLOPs, interleaved --------------------------------------
     lat_bs = min(int(args.latency_batch or LATENCY_BATCH), len(data.y_test))
@@ -414,11 +440,14 @@ def cmd_perf(args) -> int:
     rows = []
     args_json = json.dumps({k: v for k, v in vars(args).items() if not callable(v)}, sort_keys=True, default=str)
     for e in entries:
-        van = next((v for v in entries if v.method == "vanilla_lowrank" and v.compression == e.compression), None)
+        van = next((v for v in entries if v.method == "vanilla_lowrank" and v.compression == e.compression
+                    and v.variant == "eager"), None)
         if e.method == "dense":
             van = None
         row = {
             "track": track.name, "dataset": track.dataset, "arch": track.arch, "method": e.method,
+            "step_variant": e.variant,
+            "step_graph_captured": bool(getattr(e.optimizer, "graph_captured", False)),
             "compression_target": e.compression, "n_params": e.n_params, "n_params_dense": dense.n_params,
             "compression": compression_of(e.n_params, dense.n_params),
             "batch_size": batch_size, "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,

@@ -14,7 +14,11 @@ current step's stages (projection, SGD, retraction, conditioning of S) per bucke
     python benchmarks/condlr_step.py --track cifar10-vgg16 --compression 0.5 0.8 --device cuda --conditioner both
 
 ``--conditioner both`` times the current step with conditioner="eigh" against the same step with
-"newton_schulz" (bench.condlr.CONDITIONERS) instead of a git revision.
+"newton_schulz" (bench.condlr.CONDITIONERS) instead of a git revision. ``--cuda-graph`` (CUDA only)
+times the step replayed from a CUDA graph (``ManifoldSGD(cuda_graph=True)``, conditioner
+newton_schulz) against the same step run eagerly, and checks that the two take the same step.
+
+    python benchmarks/condlr_step.py --track cifar10-vgg16 --compression 0.5 0.8 --device cuda --cuda-graph
 """
 
 from __future__ import annotations
@@ -64,9 +68,16 @@ def main(argv=None) -> int:
     p.add_argument("--conditioner", choices=["eigh", "newton_schulz", "both"], default="eigh",
                    help="how the current step conditions S (approx_orth); both: time the two, interleaved, "
                         "newton_schulz as the baseline column")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="time the step replayed from a CUDA graph (conditioner newton_schulz) against the same "
+                        "step run eagerly; needs --device cuda")
     args = p.parse_args(argv)
     if args.conditioner == "both" and args.baseline:
         p.error("--conditioner both compares the two conditioners of the current step; drop --baseline")
+    if args.cuda_graph and (args.baseline or args.conditioner == "both"):
+        p.error("--cuda-graph compares the captured step with the eager one; drop --baseline / --conditioner both")
+    if args.cuda_graph and not args.device.startswith("cuda"):
+        p.error("--cuda-graph needs --device cuda")
 
     import copy
 
@@ -95,8 +106,12 @@ def main(argv=None) -> int:
         state = copy.deepcopy(model.state_dict())
         grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
         cond = "eigh" if args.conditioner == "both" else args.conditioner
-        opts = {"current": _optimizer(current, model, track, conditioner=cond)}
-        if args.conditioner == "both":
+        if args.cuda_graph:
+            cond = "newton_schulz"
+        opts = {"current": _optimizer(current, model, track, conditioner=cond, cuda_graph=args.cuda_graph)}
+        if args.cuda_graph:
+            opts["baseline"] = _optimizer(current, model, track, conditioner=cond)
+        elif args.conditioner == "both":
             opts["baseline"] = _optimizer(current, model, track, conditioner="newton_schulz")
         elif baseline is not None:
             opts["baseline"] = _optimizer(baseline, model, track)
@@ -106,10 +121,19 @@ def main(argv=None) -> int:
             for n, prm in model.named_parameters():
                 prm.grad = grads[n].clone() if n in grads else None
 
+        if args.cuda_graph:
+            # the graph replays from the step after graph_warmup eager steps and the capture; the
+            # momentum buffers it captured must stay (so neither optimizer's state is cleared below)
+            for k in opts:
+                for _ in range(opts[k].graph_warmup + 2):
+                    restore()
+                    opts[k].step()
+            synchronize(device)
         times = {k: [] for k in opts}
         for r in range(args.rounds + 1):
             for k in (list(opts) if r % 2 == 0 else list(reversed(opts))):
-                opts[k].state.clear()  # momentum buffers: every round starts alike
+                if not args.cuda_graph:
+                    opts[k].state.clear()  # momentum buffers: every round starts alike
                 restore()
                 synchronize(device)
                 t0 = time.perf_counter()
@@ -121,12 +145,27 @@ def main(argv=None) -> int:
         if "baseline" in opts:
             row["baseline_ms"] = 1e3 * statistics.median(times["baseline"])
             row["ratio"] = statistics.median(a / b for a, b in zip(times["current"], times["baseline"]))
+        if args.cuda_graph:
+            row["captured"] = opts["current"].graph_captured
+            after = {}
+            for k in opts:  # one step of each from the same parameters, gradients and momentum
+                restore()
+                for st in opts[k].state.values():
+                    st["momentum_buffer"].zero_()
+                opts[k].step()
+                synchronize(device)
+                after[k] = {n: t.detach().clone() for n, t in model.state_dict().items()}
+            row["max_diff"] = max(float((after["current"][n] - a).abs().max() / a.abs().max().clamp_min(1e-30))
+                                  for n, a in after["baseline"].items() if a.is_floating_point())
+            print(f"compression {c:g}: step {'replayed from a CUDA graph' if row['captured'] else 'NOT captured'}; "
+                  f"graph vs eager, one step from the same state: max |diff| / max |value| = {row['max_diff']:.1e}")
         table.append(row)
         if args.stages:
             for k, o in opts.items():
                 if k == "current" or args.conditioner == "both":
                     _stages(o, restore, args.rounds, lambda: synchronize(device))
-    cur, base = ("eigh", "newton_schulz") if args.conditioner == "both" else ("current", "baseline")
+    cur, base = (("eigh", "newton_schulz") if args.conditioner == "both" else
+                 ("graph", "eager") if args.cuda_graph else ("current", "baseline"))
     compared = any("ratio" in row for row in table)
     print(f"{'compression':>11}  {cur + ' ms':>10}" + (f"  {base + ' ms':>16}  {cur + '/' + base:>21}" if compared else ""))
     for row in table:

@@ -552,6 +552,74 @@ def test_newton_schulz_step_follows_the_eigh_step():
 
 
 # --------------------------------------------------------------------------------------------
+# cuda_graph=True: the step a CUDA graph captures (static gradients, tensor lr), run eagerly here
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode,nesterov,weight_decay", [("approx_orth", False, 5e-4), ("approx_orth", True, 5e-4),
+                                                        ("mean", True, 0.0)])
+def test_static_step_takes_the_eager_step(mode, nesterov, weight_decay):
+    """ManifoldSGD._static_step (what cuda_graph=True captures: momentum SGD from static gradient
+    buffers and 0-dim lr tensors) takes the same steps as the eager step, through a changing lr,
+    with the gradients of a new backward copied in each step (zero_grad(set_to_none=True))."""
+    _, model, size = _model("lenet5", 0.5, smooth=True, mode=mode)
+    twin = copy.deepcopy(model)
+    hp = dict(lr=0.1, momentum=0.9, weight_decay=weight_decay, nesterov=nesterov, mode=mode,
+              conditioner="newton_schulz")
+    opt = ManifoldSGD(model, [l for _, l in lowrank_layers(model)], **hp)
+    static = ManifoldSGD(twin, [l for _, l in lowrank_layers(twin)], **hp)
+    data = _batches(size, batch=32)
+    start = copy.deepcopy(twin.state_dict())
+    for step in range(5):
+        for o, m in ((opt, model), (static, twin)):
+            for g in o.param_groups:
+                g["lr"] = 0.1 / (1 + step)
+            o.zero_grad(set_to_none=True)
+            x, y = data[step % 4]
+            F.cross_entropy(m(x), y).backward()
+        opt.step()
+        if step == 0:
+            assert not static._prepare_static()  # no momentum buffer yet: the first step is eager
+            static.step()
+            continue
+        if step == 1:
+            assert static._prepare_static()
+        else:
+            static._load_static_inputs()
+        assert all(p.grad is g for p, g in zip(static._graph_params(), static._static_grads))
+        with torch.no_grad():
+            static._static_step()
+        _assert_on_constraint_set(twin, 1.5 if mode == "approx_orth" else 1.0, f"step {step}")
+        for name, b in twin.state_dict().items():
+            a = model.state_dict()[name]
+            assert torch.allclose(a, b, rtol=0, atol=1e-5 * float(a.abs().max())), f"step {step}: {name}"
+    assert max(float((twin.state_dict()[n] - a).abs().max()) for n, a in start.items()) > 1e-2  # it trained
+
+
+def test_cuda_graph_is_refused_where_it_cannot_work():
+    """cuda_graph=True needs a step without host synchronisation and parameters on a CUDA device;
+    anything else is a clear error at construction, not a failed capture later."""
+    _, model, _ = _model("lenet5", 0.5)
+    layers = [l for _, l in lowrank_layers(model)]
+    hp = dict(lr=0.1, momentum=0.9, weight_decay=5e-4, cuda_graph=True)
+    with pytest.raises(ValueError, match="newton_schulz"):
+        ManifoldSGD(model, layers, **hp)  # approx_orth with eigh
+    with pytest.raises(ValueError, match="newton_schulz"):
+        ManifoldSGD(model, layers, conditioner="newton_schulz", step_scale="reference", **hp)
+    for kw in (dict(conditioner="newton_schulz"), dict(mode="mean")):
+        with pytest.raises(ValueError, match="CUDA device"):
+            ManifoldSGD(model, layers, **kw, **hp)
+    opt = ManifoldSGD(model, layers, lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    assert not opt.cuda_graph and not opt.graph_captured
+    for g in opt.param_groups:  # as the trainer's schedule leaves them
+        g["lr"], g["lr_scale"] = 0.02, 0.5
+    ns = opt.with_options(conditioner="newton_schulz")  # what bench perf --cuda-graph builds, on the CPU
+    assert ns.conditioner == "newton_schulz" and ns.mode == opt.mode and ns.layers == opt.layers
+    assert [{k: g[k] for k in ("lr", "lr_scale", "weight_decay", "nesterov", "momentum")} for g in ns.param_groups] == \
+        [{k: g[k] for k in ("lr", "lr_scale", "weight_decay", "nesterov", "momentum")} for g in opt.param_groups]
+    with pytest.raises(ValueError, match="CUDA device"):
+        ns.with_options(cuda_graph=True)
+
+
+# --------------------------------------------------------------------------------------------
 # orthogonal_dense mode=unit: every weight on the Stiefel manifold (all singular values 1)
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("what,lr", [(None, 0.2), ("S_kappa=1e4", 0.1), ("rank_deficient", 0.1)])

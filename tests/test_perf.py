@@ -62,6 +62,7 @@ def test_perf_cli_table_and_parquet(tmp_path, capsys, one_thread):
     assert (van["ratio_to_vanilla_lowrank"] == 1.0).all()
     assert df[df.method == "robust_lowrank"]["ratio_to_vanilla_lowrank"].notna().all()
     assert (df["threads"] == 1).all() and (df["data_source"].str.startswith("real")).all()
+    assert (df["step_variant"] == "eager").all() and not df["step_graph_captured"].any()
     assert (df["aa_overhead_ratio"] > 0).all() and (df["aa_points"] == 8).all()
     for c in PROVENANCE_COLUMNS:
         if c != "config_json":
@@ -91,6 +92,9 @@ def test_perf_synthetic_fallback_and_errors(tmp_path, capsys, one_thread):
     assert main(["perf", "--methods", "dense,no_such_method", "--no-aa", "--no-write"]) == 2
     assert "no_such_method" in capsys.readouterr().err
     assert main(["perf", "--compression", "1.5", "--no-aa", "--no-write"]) == 2
+    assert main(["perf", "--device", "cpu", "--cuda-graph", "--no-aa", "--no-write"]) == 2
+    err = capsys.readouterr().err
+    assert "--cuda-graph" in err and "needs a CUDA device" in err
 
 
 def _load_prepare():
@@ -158,6 +162,7 @@ def test_gpu_check_smoke_runs_for_real(tmp_path):
     assert "AutoAttack overhead: bench" in log and "latency ratio" in log
     assert "stage times (ms), current step" in log and "retract" in log  # benchmarks/condlr_step.py
     assert "conditioner newton_schulz" in log and "eigh/newton_schulz" in log  # --conditioner both
+    assert "cuda graph stages: not run with --smoke" in log
 
     runs = read_results(out / "results")
     assert sorted(runs["method"]) == ["dense", "pruning", "robust_lowrank", "vanilla_lowrank"]
