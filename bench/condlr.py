@@ -660,8 +660,14 @@ class ManifoldSGD(torch.optim.SGD):
         hp = tuple((g["momentum"], g["dampening"], g["weight_decay"], g["nesterov"], g["maximize"])
                    for g in self.param_groups)
         params = self._graph_params()
-        return (tuple(id(p) for p in params), tuple(id(self.state.get(p, {}).get("momentum_buffer")) for p in params),
-                hp)
+        bufs = [self.state.get(p, {}).get("momentum_buffer") for p in params]
+        # compared by identity: the key holds the tensors themselves, so no id can be reused while it lives
+        return tuple(params), tuple(bufs), hp
+
+    @staticmethod
+    def _same_signature(a, b) -> bool:
+        return (a is not None and b is not None and a[2] == b[2] and len(a[0]) == len(b[0])
+                and all(x is y for x, y in zip(a[0] + a[1], b[0] + b[1])))
 
     def _load_static_inputs(self) -> None:
         """Gradients into the static buffers (which become the parameters' .grad), lr into its tensors."""
@@ -712,11 +718,11 @@ class ManifoldSGD(torch.optim.SGD):
 
     def _graph_step(self) -> None:
         key = self._graph_signature()
-        if self._graph is not None and key == self._graph_key:
+        if self._graph is not None and self._same_signature(key, self._graph_key):
             self._load_static_inputs()
             self._graph.replay()
             return
-        self._graph = None
+        self._graph = self._graph_key = None
         if self._steps_taken < self.graph_warmup or not self._prepare_static():
             self._step()
             return
@@ -761,7 +767,7 @@ class ManifoldSGD(torch.optim.SGD):
 
     def load_state_dict(self, state_dict) -> None:
         super().load_state_dict(state_dict)
-        self._graph = None  # new momentum buffers: capture again
+        self._graph = self._graph_key = None  # new momentum buffers: capture again
 
     def _direction_scales(self) -> list[torch.Tensor]:
         """Per layer, the 0-dim factor applied to the projected U, V gradients (``STEP_SCALES``)."""
