@@ -587,6 +587,8 @@ class ManifoldSGD(torch.optim.SGD):
         self._options = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, mode=mode,
                              kappa_bar=kappa_bar, step_scale=step_scale, core_gradient=core_gradient,
                              conditioner=conditioner, cuda_graph=cuda_graph)
+        self._device_type = next((p.device.type for g in groups for p in g["params"]), "cpu")
+        self._pool = None  # worker threads of _each, made on first use
         self._graph = None  # torch.cuda.CUDAGraph of _static_step once captured (see _graph_step)
         self._graph_key = None
         self._steps_taken = 0
@@ -805,27 +807,61 @@ class ManifoldSGD(torch.optim.SGD):
             Bs.append(S if w == "U" else S.transpose(-1, -2))
         return As, Bs
 
+    def _project(self, bucket: _Bucket, members: list[tuple[int, str]], scales: list[torch.Tensor]) -> None:
+        """Keep the bucket's factors X; g ← (g − X Xᵀ g) · scale."""
+        params = [getattr(self.layers[i], w) for i, w in members]
+        bucket.snapshot_(params)
+        if any(p.grad is None for p in params):  # a factor without a gradient: project the others
+            for (i, _), X in zip(members, params):
+                if X.grad is not None:
+                    X.grad.sub_(X @ (X.transpose(-1, -2) @ X.grad)).mul_(scales[i])
+            return
+        bucket.project_(params, [p.grad for p in params], _stack([scales[i] for i, _ in members]),
+                        core=self._core_operands(members))
+
     def _step(self, sgd=None) -> None:
         layers = self.layers
         scales = self._direction_scales()
-        for bucket, members in self._buckets:  # keep X; g ← (g − X Xᵀ g) · scale
-            params = [getattr(layers[i], w) for i, w in members]
-            bucket.snapshot_(params)
-            if any(p.grad is None for p in params):  # a factor without a gradient: project the others
-                for (i, _), X in zip(members, params):
-                    if X.grad is not None:
-                        X.grad.sub_(X @ (X.transpose(-1, -2) @ X.grad)).mul_(scales[i])
-                continue
-            bucket.project_(params, [p.grad for p in params], _stack([scales[i] for i, _ in members]),
-                            core=self._core_operands(members))
+        self._each([functools.partial(self._project, b, m, scales) for b, m in self._buckets])
         if sgd is None:
             super().step()
         else:
             sgd()
-        for bucket, members in self._buckets:
-            bucket.retract_([getattr(layers[i], w) for i, w in members])
-        for bucket, members in self._core_buckets:
-            bucket.condition_([layers[i].S for i in members], self.mode, self.kappa_bar, self.conditioner)
+        self._each([functools.partial(b.retract_, [getattr(layers[i], w) for i, w in m]) for b, m in self._buckets]
+                   + [functools.partial(b.condition_, [layers[i].S for i in m], self.mode, self.kappa_bar,
+                                        self.conditioner) for b, m in self._core_buckets])
+
+    # -- CPU: independent buckets on worker threads ---------------------------------------------
+    #: on a CPU with torch set to T ≥ 2 threads, run the buckets' projections, retractions and
+    #: conditionings (independent of each other) on T worker threads, each op on one thread, instead
+    #: of one after another with T threads per op: the step's r×r work (eigh, Cholesky, small
+    #: products) does not speed up with intra-op threads. False: always one after another.
+    cpu_workers = True
+
+    def _each(self, tasks: list) -> None:
+        """Run the callables (independent: disjoint tensors), on worker threads where that pays."""
+        n = torch.get_num_threads()
+        if not (self.cpu_workers and n >= 2 and len(tasks) >= 2 and self._device_type == "cpu"):
+            for task in tasks:
+                task()
+            return
+        pool = self._pool
+        if pool is None or pool._max_workers != n:
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="condlr",
+                                                   initializer=torch.set_num_threads, initargs=(1,))
+
+        def run(task):
+            with torch.no_grad():  # grad mode is per thread
+                task()
+
+        torch.set_num_threads(1)  # the workers' BLAS: one thread each (the MKL setting is process-wide)
+        try:
+            for f in [pool.submit(run, t) for t in tasks]:
+                f.result()
+        finally:
+            torch.set_num_threads(n)
 
 
 @torch.no_grad()

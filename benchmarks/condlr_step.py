@@ -19,6 +19,11 @@ times the step replayed from a CUDA graph (``ManifoldSGD(cuda_graph=True)``, con
 newton_schulz) against the same step run eagerly, and checks that the two take the same step.
 
     python benchmarks/condlr_step.py --track cifar10-vgg16 --compression 0.5 0.8 --device cuda --cuda-graph
+
+``--workers both`` (CPU, ``--threads`` 2 or more) times the step with its buckets on worker threads
+(``ManifoldSGD.cpu_workers``, the default) against the same step run one bucket after another.
+
+    python benchmarks/condlr_step.py --track mnist-lenet5 --compression 0.5 0.8 --threads 2 --workers both
 """
 
 from __future__ import annotations
@@ -71,7 +76,13 @@ def main(argv=None) -> int:
     p.add_argument("--cuda-graph", action="store_true",
                    help="time the step replayed from a CUDA graph (conditioner newton_schulz) against the same "
                         "step run eagerly; needs --device cuda")
+    p.add_argument("--workers", choices=["on", "off", "both"], default="on",
+                   help="CPU: the buckets on worker threads (ManifoldSGD.cpu_workers, on) or one after another "
+                        "(off); both: time the two, interleaved, 'off' as the baseline column")
     args = p.parse_args(argv)
+    if args.workers == "both" and (args.baseline or args.conditioner == "both" or args.cuda_graph):
+        p.error("--workers both compares worker threads with one bucket after another; drop --baseline, "
+                "--conditioner both and --cuda-graph")
     if args.conditioner == "both" and args.baseline:
         p.error("--conditioner both compares the two conditioners of the current step; drop --baseline")
     if args.cuda_graph and (args.baseline or args.conditioner == "both"):
@@ -109,8 +120,12 @@ def main(argv=None) -> int:
         if args.cuda_graph:
             cond = "newton_schulz"
         opts = {"current": _optimizer(current, model, track, conditioner=cond, cuda_graph=args.cuda_graph)}
+        opts["current"].cpu_workers = args.workers != "off"
         if args.cuda_graph:
             opts["baseline"] = _optimizer(current, model, track, conditioner=cond)
+        elif args.workers == "both":
+            opts["baseline"] = _optimizer(current, model, track, conditioner=cond)
+            opts["baseline"].cpu_workers = False
         elif args.conditioner == "both":
             opts["baseline"] = _optimizer(current, model, track, conditioner="newton_schulz")
         elif baseline is not None:
@@ -165,7 +180,8 @@ def main(argv=None) -> int:
                 if k == "current" or args.conditioner == "both":
                     _stages(o, restore, args.rounds, lambda: synchronize(device))
     cur, base = (("eigh", "newton_schulz") if args.conditioner == "both" else
-                 ("graph", "eager") if args.cuda_graph else ("current", "baseline"))
+                 ("graph", "eager") if args.cuda_graph else
+                 ("workers", "serial") if args.workers == "both" else ("current", "baseline"))
     compared = any("ratio" in row for row in table)
     print(f"{'compression':>11}  {cur + ' ms':>10}" + (f"  {base + ' ms':>16}  {cur + '/' + base:>21}" if compared else ""))
     for row in table:

@@ -551,6 +551,40 @@ def test_newton_schulz_step_follows_the_eigh_step():
         ManifoldSGD(model, [l for _, l in lowrank_layers(model)], conditioner="svd", **hp)
 
 
+def test_worker_threads_take_the_serial_step():
+    """With torch at 2 threads on the CPU the buckets run on worker threads (ManifoldSGD._each);
+    the steps equal the one-after-another steps, grad mode stays off in the workers, the caller's
+    thread count is restored, and an error in a worker reaches the caller."""
+    _, model, size = _model("lenet5", 0.5, smooth=True)
+    twin = copy.deepcopy(model)
+    hp = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
+    serial = ManifoldSGD(model, [l for _, l in lowrank_layers(model)], **hp)
+    serial.cpu_workers = False
+    workers = ManifoldSGD(twin, [l for _, l in lowrank_layers(twin)], **hp)
+    assert len(workers._buckets) + len(workers._core_buckets) >= 3
+    data = _batches(size, batch=32)
+    torch.set_num_threads(2)
+    try:
+        for step in range(4):
+            _train(model, serial, data[step % 4:][:1], 1)
+            _train(twin, workers, data[step % 4:][:1], 1)
+            assert torch.get_num_threads() == 2
+        assert workers._pool is not None and serial._pool is None  # the workers did run
+        for name, b in twin.state_dict().items():
+            a = model.state_dict()[name]
+            assert torch.allclose(a, b, rtol=0, atol=1e-6 * float(a.abs().max())), name
+        _assert_on_constraint_set(twin, 1.5)
+        def boom(params):
+            raise RuntimeError("boom in a worker")
+
+        workers._buckets[-1][0].retract_ = boom  # an error in one task reaches the caller
+        with pytest.raises(RuntimeError, match="boom in a worker"):
+            workers.step()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+
+
 # --------------------------------------------------------------------------------------------
 # cuda_graph=True: the step a CUDA graph captures (static gradients, tensor lr), run eagerly here
 # --------------------------------------------------------------------------------------------
