@@ -613,6 +613,12 @@ class ManifoldSGD(torch.optim.SGD):
             for idx in _buckets([(r, r) for r in sizes], self.bucket_slack, weight=_EIGH_WEIGHT):
                 self._core_buckets.append((_CoreBucket([sizes[j] for j in idx], self.layers[members[idx[0]]].S),
                                            [members[j] for j in idx]))
+        # retractions and conditionings by estimated work, largest first (for _each): about five
+        # n×r×r products per factor; an eigh (or ~90 products with Newton–Schulz) per core
+        core_weight = _EIGH_WEIGHT if conditioner == "eigh" else 90.0
+        work = ([5.0 * len(b.shapes) * b.N * b.R ** 2 for b, _ in self._buckets]
+                + [core_weight * len(b.sizes) * b.R ** 3 for b, _ in self._core_buckets])
+        self._work_order = sorted(range(len(work)), key=lambda i: -work[i])
         # the constants that cholesky_qr and condition_s cache, made now: no step copies them to the device
         for bucket, _ in self._buckets:
             _eye(bucket.R, bucket.R, torch.float64, bucket.device), _completion(bucket.R, bucket.device)
@@ -827,9 +833,10 @@ class ManifoldSGD(torch.optim.SGD):
             super().step()
         else:
             sgd()
+        # the largest first, so that the worker threads finish together
         self._each([functools.partial(b.retract_, [getattr(layers[i], w) for i, w in m]) for b, m in self._buckets]
                    + [functools.partial(b.condition_, [layers[i].S for i in m], self.mode, self.kappa_bar,
-                                        self.conditioner) for b, m in self._core_buckets])
+                                        self.conditioner) for b, m in self._core_buckets], order=self._work_order)
 
     # -- CPU: independent buckets on worker threads ---------------------------------------------
     #: on a CPU with torch set to T ≥ 2 threads, run the buckets' projections, retractions and
@@ -838,13 +845,16 @@ class ManifoldSGD(torch.optim.SGD):
     #: products) does not speed up with intra-op threads. False: always one after another.
     cpu_workers = True
 
-    def _each(self, tasks: list) -> None:
-        """Run the callables (independent: disjoint tensors), on worker threads where that pays."""
+    def _each(self, tasks: list, order: list[int] | None = None) -> None:
+        """Run the callables (independent: disjoint tensors), on worker threads where that pays,
+        submitted in ``order`` (indices into ``tasks``)."""
         n = torch.get_num_threads()
         if not (self.cpu_workers and n >= 2 and len(tasks) >= 2 and self._device_type == "cpu"):
             for task in tasks:
                 task()
             return
+        if order is not None:
+            tasks = [tasks[i] for i in order]
         pool = self._pool
         if pool is None or pool._max_workers != n:
             from concurrent.futures import ThreadPoolExecutor
