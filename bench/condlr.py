@@ -619,6 +619,7 @@ class ManifoldSGD(torch.optim.SGD):
         work = ([5.0 * len(b.shapes) * b.N * b.R ** 2 for b, _ in self._buckets]
                 + [core_weight * len(b.sizes) * b.R ** 3 for b, _ in self._core_buckets])
         self._work_order = sorted(range(len(work)), key=lambda i: -work[i])
+        self._work = sum(work)
         # the constants that cholesky_qr and condition_s cache, made now: no step copies them to the device
         for bucket, _ in self._buckets:
             _eye(bucket.R, bucket.R, torch.float64, bucket.device), _completion(bucket.R, bucket.device)
@@ -841,15 +842,20 @@ class ManifoldSGD(torch.optim.SGD):
     # -- CPU: independent buckets on worker threads ---------------------------------------------
     #: on a CPU with torch set to T ≥ 2 threads, run the buckets' projections, retractions and
     #: conditionings (independent of each other) on T worker threads, each op on one thread, instead
-    #: of one after another with T threads per op: the step's r×r work (eigh, Cholesky, small
-    #: products) does not speed up with intra-op threads. False: always one after another.
+    #: of one after another with T threads per op, when the step's estimated work is at least
+    #: ``cpu_workers_min_work`` (see _work_order). Large ops (eigh, big products) then overlap; small
+    #: ones contend for the GIL, so a step of mostly small ops runs slower on workers (2-core CPU,
+    #: 2 threads, benchmarks/condlr_step.py --workers both: VGG16 0.82x / 0.80x the time at
+    #: compression 0.5 / 0.8, LeNet5 1.03x / 1.16x). False: always one after another.
     cpu_workers = True
+    cpu_workers_min_work = 5e8
 
     def _each(self, tasks: list, order: list[int] | None = None) -> None:
         """Run the callables (independent: disjoint tensors), on worker threads where that pays,
         submitted in ``order`` (indices into ``tasks``)."""
         n = torch.get_num_threads()
-        if not (self.cpu_workers and n >= 2 and len(tasks) >= 2 and self._device_type == "cpu"):
+        if not (self.cpu_workers and n >= 2 and len(tasks) >= 2 and self._device_type == "cpu"
+                and self._work >= self.cpu_workers_min_work):
             for task in tasks:
                 task()
             return

@@ -561,6 +561,8 @@ def test_worker_threads_take_the_serial_step():
     serial = ManifoldSGD(model, [l for _, l in lowrank_layers(model)], **hp)
     serial.cpu_workers = False
     workers = ManifoldSGD(twin, [l for _, l in lowrank_layers(twin)], **hp)
+    assert workers._work < workers.cpu_workers_min_work  # LeNet5's step is mostly small ops: serial by default
+    workers.cpu_workers_min_work = 0.0
     assert len(workers._buckets) + len(workers._core_buckets) >= 3
     data = _batches(size, batch=32)
     torch.set_num_threads(2)
