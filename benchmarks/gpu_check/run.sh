@@ -14,13 +14,13 @@
 # (a stage that would start with under 5 s left is skipped), so one slow stage cannot eat the rest.
 # Expected times on one H100/H200 (estimates from REFERENCE.md: a dense VGG16 step at batch 128 is
 # about 8.5 ms; AutoAttack standard on 1,000 CIFAR-10 points about 40 s for a trained VGG16):
-#   gpu info 5 s (limit 30) | install 10-20 s (limit 90) | bench perf 40-90 s (limit 150) |
+#   gpu info 5 s (limit 30) | install 10-20 s (limit 90) | bench perf 50-110 s (limit 180) |
 #   condlr step (the CondLR step and its stages with conditioner eigh and newton_schulz,
 #   benchmarks/condlr_step.py --conditioner both) 15-30 s (limit 60) | condlr step cuda graph (the step
-#   replayed from a CUDA graph against the eager one, --cuda-graph) 10-20 s (limit 45) | bench perf cuda
-#   graph (dense, vanilla_lowrank, robust_lowrank eager and graph; no AutoAttack) 30-60 s (limit 120)
+#   replayed from a CUDA graph against the eager one, --cuda-graph) 10-20 s (limit 45); bench perf has
+#   robust_lowrank twice, eager and replayed from a CUDA graph (--cuda-graph)
 #   each run: 5 epochs of 11,250 images (or 25 s, first reached) + evaluation with AutoAttack on
-#   1,000 points, 40-80 s (limit 100) | bench show 5 s (limit 30). Total about 5-7 min; the cap is 450 s
+#   1,000 points, 40-80 s (limit 100) | bench show 5 s (limit 30). Total about 4-7 min; the cap is 450 s
 #   (stages that would overrun it are cut short or skipped; the runs come last).
 # The GPU machine has no internet: every pip call is --no-index.
 set -u -o pipefail
@@ -127,11 +127,13 @@ else
       || echo "editable install failed (setuptools/wheel missing?): running from PYTHONPATH instead"
   ' _ "$PY" "$PAYLOAD"
   if [[ -d "$PAYLOAD/site" ]]; then export PYTHONPATH="$PYTHONPATH:$(cd "$PAYLOAD/site" && pwd)"; fi
-  PERF_ARGS=(--compression 0.5 0.8 --steps 30 --warmup 5 --repeats 3 --aa-points 500 --aa-version standard --aa-rounds 2)
+  # --cuda-graph: robust_lowrank also with its step replayed from a CUDA graph, as extra rows
+  PERF_ARGS=(--compression 0.5 0.8 --steps 30 --warmup 5 --repeats 3 --aa-points 500 --aa-version standard --aa-rounds 2
+             --cuda-graph)
   RUN_ARGS=(--compression 0.5 --epochs 5 --budget-seconds 25 --n-eval 1000)
   RUN_TRACK=cifar10-vgg16-subset   # its rows say "subset" in the track name
   STEP_ARGS=(--track cifar10-vgg16 --compression 0.5 0.8 --rounds 10 --stages --conditioner both)
-  PERF_LIMIT=150; RUN_LIMIT=100; STEP_LIMIT=60
+  PERF_LIMIT=180; RUN_LIMIT=100; STEP_LIMIT=60
 fi
 
 stage "torch info" 60 "$PY" -c "
@@ -154,16 +156,13 @@ stage "bench perf" "$PERF_LIMIT" "${BENCH[@]}" perf --track cifar10-vgg16 --devi
 stage "condlr step" "$STEP_LIMIT" "$PY" benchmarks/condlr_step.py --device "$DEVICE" "${STEP_ARGS[@]}"
 
 # the CondLR step captured in a CUDA graph and replayed (ManifoldSGD(cuda_graph=True), conditioner
-# newton_schulz): the step alone against the same step run eagerly (and whether both take the same
-# step), then training img/s as an extra "robust_lowrank (graph)" row beside the eager ones
+# newton_schulz): the step alone against the same step run eagerly, and whether both take the same
+# step (the "bench perf" stage above has its training img/s as the "robust_lowrank (graph)" rows)
 if ((SMOKE)); then
   echo; echo "== cuda graph stages: not run with --smoke (a CUDA graph needs a CUDA device) =="
 else
   stage "condlr step cuda graph" 45 "$PY" benchmarks/condlr_step.py --device cuda --track cifar10-vgg16 \
     --compression 0.5 0.8 --rounds 10 --cuda-graph
-  stage "bench perf cuda graph" 120 "${BENCH[@]}" perf --track cifar10-vgg16 --device cuda --data-dir "$PAYLOAD" \
-    --results-dir "$RES" --methods vanilla_lowrank,robust_lowrank --cuda-graph --compression 0.5 0.8 \
-    --steps 30 --warmup 5 --repeats 3 --no-aa
 fi
 
 for m in dense robust_lowrank vanilla_lowrank pruning; do
