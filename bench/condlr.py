@@ -588,7 +588,7 @@ class ManifoldSGD(torch.optim.SGD):
                              kappa_bar=kappa_bar, step_scale=step_scale, core_gradient=core_gradient,
                              conditioner=conditioner, cuda_graph=cuda_graph)
         self._device_type = next((p.device.type for g in groups for p in g["params"]), "cpu")
-        self._pool = None  # worker threads of _each, made on first use
+        self._pool = None  # (size, ThreadPoolExecutor) of _each, made on first use
         self._graph = None  # torch.cuda.CUDAGraph of _static_step once captured (see _graph_step)
         self._graph_key = None
         self._steps_taken = 0
@@ -861,12 +861,14 @@ class ManifoldSGD(torch.optim.SGD):
             return
         if order is not None:
             tasks = [tasks[i] for i in order]
-        pool = self._pool
-        if pool is None or pool._max_workers != n:
+        if self._pool is None or self._pool[0] != n:  # first use, or the thread count changed
             from concurrent.futures import ThreadPoolExecutor
 
-            pool = self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="condlr",
-                                                   initializer=torch.set_num_threads, initargs=(1,))
+            if self._pool is not None:
+                self._pool[1].shutdown(wait=False)
+            self._pool = (n, ThreadPoolExecutor(max_workers=n, thread_name_prefix="condlr",
+                                                initializer=torch.set_num_threads, initargs=(1,)))
+        pool = self._pool[1]
 
         def run(task):
             with torch.no_grad():  # grad mode is per thread
