@@ -574,12 +574,12 @@ class ManifoldSGD(torch.optim.SGD):
         groups = [{"params": rest}, {"params": stiefel, "weight_decay": 0.0, "stiefel": True}]
         super().__init__(groups, lr=lr, momentum=momentum, weight_decay=weight_decay,
                          nesterov=nesterov and momentum > 0, foreach=True)
+        devices = {p.device.type for g in groups for p in g["params"]}
         if cuda_graph:
             if mode == "approx_orth" and (conditioner == "eigh" or step_scale == "reference"):
                 raise ValueError("cuda_graph=True needs a step without host synchronisation: approx_orth with "
                                  "conditioner='newton_schulz' and step_scale='inv_a' (eigh and eigvalsh "
                                  "synchronise on CUDA), or mode 'mean' / 'unit'")
-            devices = {p.device.type for g in groups for p in g["params"]}
             if devices != {"cuda"}:
                 raise ValueError(f"cuda_graph=True needs every parameter on a CUDA device, got {sorted(devices)}")
         self.cuda_graph = cuda_graph
@@ -587,7 +587,7 @@ class ManifoldSGD(torch.optim.SGD):
         self._options = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, mode=mode,
                              kappa_bar=kappa_bar, step_scale=step_scale, core_gradient=core_gradient,
                              conditioner=conditioner, cuda_graph=cuda_graph)
-        self._device_type = next((p.device.type for g in groups for p in g["params"]), "cpu")
+        self._on_cpu = devices <= {"cpu"}  # worker threads (_each) are for CPU steps only
         self._pool = None  # (size, ThreadPoolExecutor) of _each, made on first use
         self._graph = None  # torch.cuda.CUDAGraph of _static_step once captured (see _graph_step)
         self._graph_key = None
@@ -854,7 +854,7 @@ class ManifoldSGD(torch.optim.SGD):
         """Run the callables (independent: disjoint tensors), on worker threads where that pays,
         submitted in ``order`` (indices into ``tasks``)."""
         n = torch.get_num_threads()
-        if not (self.cpu_workers and n >= 2 and len(tasks) >= 2 and self._device_type == "cpu"
+        if not (self.cpu_workers and n >= 2 and len(tasks) >= 2 and self._on_cpu
                 and self._work >= self.cpu_workers_min_work):
             for task in tasks:
                 task()

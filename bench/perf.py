@@ -124,7 +124,12 @@ class _Entry:
 
     @property
     def label(self) -> str:
-        return self.method if self.variant == "eager" else f"{self.method} (graph)"
+        return _label(self.method, self.variant)
+
+
+def _label(method: str, variant: str) -> str:
+    """How the log and the table name an entry: the method, marked when its step replays a CUDA graph."""
+    return method if variant == "eager" else f"{method} (graph)"
 
 
 def _load_data(track, args, batch_size: int):
@@ -290,7 +295,7 @@ def _fmt(v, spec: str) -> str:
 
 def format_table(rows: list[dict]) -> str:
     head = ("method", "compression", "img/s", "x dense", "x vanilla", "latency ms", "latency ratio", "FLOP ratio")
-    body = [(r["method"] + (" (graph)" if r.get("step_variant", "eager") != "eager" else ""), _fmt(r["compression_target"], "g"), _fmt(r["images_per_second"], ",.0f"),
+    body = [(_label(r["method"], r.get("step_variant", "eager")), _fmt(r["compression_target"], "g"), _fmt(r["images_per_second"], ",.0f"),
              _fmt(r["ratio_to_dense"], ".2f"), _fmt(r["ratio_to_vanilla_lowrank"], ".2f"),
              _fmt(r["latency_ms"], ".3f"), _fmt(r["latency_ratio"], ".2f"), _fmt(r["flop_ratio"], ".3f"))
             for r in rows]
