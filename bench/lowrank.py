@@ -76,7 +76,10 @@ class _LowRank(nn.Module):
         preserve_norm: scale the kept singular values so that ‖U S Vᵀ‖_F = ‖W‖_F (for a fresh
         initialisation; a trained weight is truncated as it is).
         """
-        Uf, sig_all, Vh = torch.linalg.svd(W.detach().float(), full_matrices=False)
+        try:
+            Uf, sig_all, Vh = torch.linalg.svd(W.detach().float(), full_matrices=False)
+        except torch.linalg.LinAlgError:  # float32 gesdd can fail to converge on clustered singular values
+            Uf, sig_all, Vh = (t.float() for t in torch.linalg.svd(W.detach().double(), full_matrices=False))
         r = self.rank
         U, sig, V = Uf[:, :r], sig_all[:r], Vh[:r].t()
         if preserve_norm:

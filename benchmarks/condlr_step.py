@@ -24,6 +24,12 @@ newton_schulz) against the same step run eagerly, and checks that the two take t
 (``ManifoldSGD.cpu_workers``, the default) against the same step run one bucket after another.
 
     python benchmarks/condlr_step.py --track mnist-lenet5 --compression 0.5 0.8 --threads 2 --workers both
+
+``--retraction both`` times the step with ``retraction="auto"`` (on the CPU Householder QR for all
+but very tall factor buckets) against the same step with Cholesky-QR2 everywhere
+(bench.condlr.RETRACTIONS); ``--retraction NAME`` sets the current step's kernel.
+
+    python benchmarks/condlr_step.py --track cifar10-vgg16 --compression 0.5 0.8 --retraction both --stages
 """
 
 from __future__ import annotations
@@ -79,14 +85,15 @@ def main(argv=None) -> int:
     p.add_argument("--workers", choices=["on", "off", "both"], default="on",
                    help="CPU: the buckets on worker threads (ManifoldSGD.cpu_workers, on) or one after another "
                         "(off); both: time the two, interleaved, 'off' as the baseline column")
+    p.add_argument("--retraction", choices=["auto", "cholesky_qr2", "householder", "both"], default="auto",
+                   help="the current step's QR kernel (ManifoldSGD retraction); both: time auto against "
+                        "cholesky_qr2, interleaved, cholesky_qr2 as the baseline column")
     args = p.parse_args(argv)
-    if args.workers == "both" and (args.baseline or args.conditioner == "both" or args.cuda_graph):
-        p.error("--workers both compares worker threads with one bucket after another; drop --baseline, "
-                "--conditioner both and --cuda-graph")
-    if args.conditioner == "both" and args.baseline:
-        p.error("--conditioner both compares the two conditioners of the current step; drop --baseline")
-    if args.cuda_graph and (args.baseline or args.conditioner == "both"):
-        p.error("--cuda-graph compares the captured step with the eager one; drop --baseline / --conditioner both")
+    compared = [flag for flag, on in (("--baseline", args.baseline), ("--conditioner both", args.conditioner == "both"),
+                                      ("--cuda-graph", args.cuda_graph), ("--workers both", args.workers == "both"),
+                                      ("--retraction both", args.retraction == "both")) if on]
+    if len(compared) > 1:
+        p.error(f"one comparison at a time: {' and '.join(compared)} each choose what the baseline column is")
     if args.cuda_graph and not args.device.startswith("cuda"):
         p.error("--cuda-graph needs --device cuda")
 
@@ -119,13 +126,17 @@ def main(argv=None) -> int:
         cond = "eigh" if args.conditioner == "both" else args.conditioner
         if args.cuda_graph:
             cond = "newton_schulz"
-        opts = {"current": _optimizer(current, model, track, conditioner=cond, cuda_graph=args.cuda_graph)}
+        retraction = "auto" if args.retraction == "both" else args.retraction
+        opts = {"current": _optimizer(current, model, track, conditioner=cond, cuda_graph=args.cuda_graph,
+                                      retraction=retraction)}
         opts["current"].cpu_workers = args.workers != "off"
         if args.cuda_graph:
             opts["baseline"] = _optimizer(current, model, track, conditioner=cond)
         elif args.workers == "both":
             opts["baseline"] = _optimizer(current, model, track, conditioner=cond)
             opts["baseline"].cpu_workers = False
+        elif args.retraction == "both":
+            opts["baseline"] = _optimizer(current, model, track, conditioner=cond, retraction="cholesky_qr2")
         elif args.conditioner == "both":
             opts["baseline"] = _optimizer(current, model, track, conditioner="newton_schulz")
         elif baseline is not None:
@@ -177,11 +188,12 @@ def main(argv=None) -> int:
         table.append(row)
         if args.stages:
             for k, o in opts.items():
-                if k == "current" or args.conditioner == "both":
+                if k == "current" or args.conditioner == "both" or args.retraction == "both":
                     _stages(o, restore, args.rounds, lambda: synchronize(device))
     cur, base = (("eigh", "newton_schulz") if args.conditioner == "both" else
                  ("graph", "eager") if args.cuda_graph else
-                 ("workers", "serial") if args.workers == "both" else ("current", "baseline"))
+                 ("workers", "serial") if args.workers == "both" else
+                 ("auto", "cholesky_qr2") if args.retraction == "both" else ("current", "baseline"))
     compared = any("ratio" in row for row in table)
     print(f"{'compression':>11}  {cur + ' ms':>10}" + (f"  {base + ' ms':>16}  {cur + '/' + base:>21}" if compared else ""))
     for row in table:
@@ -210,9 +222,9 @@ def _stages(opt, restore, rounds: int, sync) -> None:
         return 1e3 * statistics.median(out)
 
     layers = opt.layers
-    print(f"  stage times (ms), current step ({opt.mode}, conditioner {opt.conditioner}):")
+    print(f"  stage times (ms), current step ({opt.mode}, conditioner {opt.conditioner}, retraction {opt.retraction}):")
     print(f"    SGD (foreach) {timed(lambda: torch.optim.SGD.step(opt)):.2f}")
-    for bucket, members in opt._buckets:
+    for k, (bucket, members) in enumerate(opt._buckets):
         params = [getattr(layers[i], w) for i, w in members]
 
         def project():
@@ -222,11 +234,13 @@ def _stages(opt, restore, rounds: int, sync) -> None:
                             core=opt._core_operands(members))
 
         shapes = sorted(set(bucket.shapes))
+        qr = opt.bucket_retraction(k)
         print(f"    factors {len(members)} x {shapes[:3]}{'...' if len(shapes) > 3 else ''}: "
-              f"project {timed(project):.2f}, retract {timed(lambda: bucket.retract_(params)):.2f}")
+              f"project {timed(project):.2f}, retract {timed(lambda: bucket.retract_(params, qr)):.2f} ({qr})")
     for bucket, members in opt._core_buckets:
         cores = [layers[i].S for i in members]
-        cond = timed(lambda: bucket.condition_(cores, opt.mode, opt.kappa_bar, opt.conditioner))
+        cond = timed(lambda: bucket.condition_(cores, opt.mode, opt.kappa_bar, opt.conditioner,
+                                               opt.bucket_retraction(None)))
         print(f"    cores {bucket.sizes}: condition {cond:.2f}")
 
 
