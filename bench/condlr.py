@@ -21,7 +21,7 @@ run, guarded the same way, in the CPU tests.
   certificate of the second pass whose failure keeps the factor from before the step, so that Q
   is orthonormal whatever X is. On the CPU, :func:`householder_qr` (LAPACK's Householder QR, one
   call, orthonormal for every finite X; a non-finite one keeps the factor from before the step):
-  up to 4× as fast there for all but very tall factors, the same Q up to rounding (``retraction="auto"``).
+  up to 3× as fast there for all but very tall factors, the same Q up to rounding (``retraction="auto"``).
 * :func:`condition_s` conditions S from a float64 ``eigh`` of SᵀS (r×r), accurate for κ(S) up to
   1e5 before the step; beyond that (or for a non-finite S) a fallback still lands on the
   constraint set. ``conditioner="newton_schulz"`` computes the same map with matrix products
@@ -105,7 +105,7 @@ CONDITIONERS = ("eigh", "newton_schulz")
 #: How the step computes Q factors (the retraction of U and V; S in the mean and unit modes):
 #: ``cholesky_qr2`` (:func:`cholesky_qr`: matrix products, Cholesky factorisations and triangular
 #: solves, batched, with a completion for rank-deficient input; graph-capturable, for GPUs) or
-#: ``householder`` (:func:`householder_qr`: LAPACK's Householder QR, up to 4× as fast on the CPU).
+#: ``householder`` (:func:`householder_qr`: LAPACK's Householder QR, up to 3× as fast on the CPU).
 #: ``auto`` (ManifoldSGD's default): on the CPU householder for the cores and for factor buckets up
 #: to ``_HOUSEHOLDER_ASPECT`` times taller than wide, cholesky_qr2 for taller ones; elsewhere cholesky_qr2.
 RETRACTIONS = ("auto", "cholesky_qr2", "householder")
@@ -255,10 +255,10 @@ def householder_qr(X: torch.Tensor, *, out: torch.Tensor | None = None,
     finite (X not finite) returns ``fallback`` (default [I_r; 0]), a ``torch.where`` selection:
     nothing is read back to the host. Equal to :func:`cholesky_qr` up to rounding for a full-rank X.
 
-    On the CPU it runs up to 4× as fast as :func:`cholesky_qr` (one LAPACK call instead of about
-    40 small ops; 2-core CPU, 1 thread: 30×24 ×6 0.35 vs 1.24 ms, 512×224 ×9 42 vs 105 ms), except
-    for very tall factors (4614×88 ×4 67 vs 64 ms; ``benchmarks/qr_kernels.py``); on GPUs batched QR
-    of small matrices is slow and not graph-capturable, hence :func:`cholesky_qr` there (``RETRACTIONS``)."""
+    On the CPU it runs up to 3× as fast as :func:`cholesky_qr` (one LAPACK call instead of about
+    40 small ops; 2-core CPU, 1 thread, ``benchmarks/qr_kernels.py``: 128×128 ×2 2.1 vs 6.5 ms,
+    519×224 ×9 31 vs 94 ms), except for very tall factors (4614×88 ×4 42 vs 38 ms); on GPUs batched
+    QR of small matrices is slow and not graph-capturable, hence :func:`cholesky_qr` there (``RETRACTIONS``)."""
     n, r = X.shape[-2:]
     if n < r:
         raise ValueError(f"householder_qr needs n >= r, got {n}×{r}")
@@ -589,8 +589,7 @@ class ManifoldSGD(torch.optim.SGD):
     when U and V get their gradients through W = U S Vᵀ alone (any loss of the network's output;
     not a penalty on U or V themselves: pass False for that). A factor whose retraction cannot
     be certified (a non-finite or numerically singular step, see :func:`cholesky_qr` and
-    :func:`householder_qr`) keeps its
-    value from before the step.
+    :func:`householder_qr`) keeps its value from before the step.
 
     ``conditioner`` (approx_orth; see ``CONDITIONERS``): ``eigh`` (default) or ``newton_schulz``
     (the same map from matrix products, for GPUs; ``benchmarks/condlr_step.py --conditioner both``
