@@ -79,8 +79,12 @@ _ALIGN_MIN = 32
 # wide, Cholesky-QR2 beyond. Timed inside VGG16 steps at compression 0.5 (2-core CPU, 1 thread, both
 # optimizers alternating, ms Householder vs Cholesky-QR2): 9×519×224 50 vs 116, 1×2311×224 (n = 10r)
 # 23 vs 31, 2×128×128 2.3 vs 6.1, but 4×4615×224 (n = 21r) 233 vs 200 and 1×4613×224 59 vs 51.
-# Alone (benchmarks/qr_kernels.py) the crossover lies further out, at n ≈ 40r.
+# Alone (benchmarks/qr_kernels.py) the crossover lies further out, at n ≈ 40r. A bucket of at most
+# _HOUSEHOLDER_SMALL n·r² work (all its factors) is bound by the op count, not the flops (Cholesky-QR2
+# runs about 40 ops, Householder about 8), so it takes Householder QR whatever its shape: LeNet5's
+# padded small-factor bucket 6×514×20 at compression 0.8 made the whole step 0.94× the time.
 _HOUSEHOLDER_ASPECT = 16
+_HOUSEHOLDER_SMALL = 4e6
 # condition_s: below this σ_min/σ_max (κ(S) > 1e5) the eigh route is not accurate enough
 _S_RANK_TOL = 1e-5
 # an r×r eigh costs about as much time as this many r×r×r matmuls (for bucketing cores)
@@ -107,7 +111,8 @@ CONDITIONERS = ("eigh", "newton_schulz")
 #: solves, batched, with a completion for rank-deficient input; graph-capturable, for GPUs) or
 #: ``householder`` (:func:`householder_qr`: LAPACK's Householder QR, up to 3× as fast on the CPU).
 #: ``auto`` (ManifoldSGD's default): on the CPU householder for the cores and for factor buckets up
-#: to ``_HOUSEHOLDER_ASPECT`` times taller than wide, cholesky_qr2 for taller ones; elsewhere cholesky_qr2.
+#: to ``_HOUSEHOLDER_ASPECT`` times taller than wide or small, cholesky_qr2 for large tall ones;
+#: elsewhere cholesky_qr2.
 RETRACTIONS = ("auto", "cholesky_qr2", "householder")
 
 #: How CondLR scales the tangent direction of U and V.
@@ -596,7 +601,7 @@ class ManifoldSGD(torch.optim.SGD):
     times the two).
 
     ``retraction`` (see ``RETRACTIONS``): ``auto`` (default) takes Householder QR on the CPU (all
-    but very tall factor buckets) and Cholesky-QR2 elsewhere; :meth:`bucket_retraction` says which
+    but large, very tall factor buckets) and Cholesky-QR2 elsewhere; :meth:`bucket_retraction` says which
     kernel a bucket uses.
 
     ``cuda_graph`` (CUDA; needs a step without host synchronisation, see above): after
@@ -681,9 +686,11 @@ class ManifoldSGD(torch.optim.SGD):
                 group = [members[j] for j in idx]
                 self._buckets.append((_Bucket([getattr(self.layers[i], w) for i, w in group], self.bucket_align), group))
         # retraction="auto": per bucket, Householder QR on the CPU unless the factors are very tall
-        # (N > _HOUSEHOLDER_ASPECT·R), Cholesky-QR2 elsewhere
-        self._auto_retraction = ["householder" if self._on_cpu and b.N <= _HOUSEHOLDER_ASPECT * b.R else "cholesky_qr2"
-                                 for b, _ in self._buckets]
+        # (N > _HOUSEHOLDER_ASPECT·R) and the bucket not small; Cholesky-QR2 elsewhere
+        self._auto_retraction = [
+            "householder" if self._on_cpu and (b.N <= _HOUSEHOLDER_ASPECT * b.R
+                                               or len(b.shapes) * b.N * b.R ** 2 <= _HOUSEHOLDER_SMALL)
+            else "cholesky_qr2" for b, _ in self._buckets]
         self._core_buckets: list[tuple[_CoreBucket, list[int]]] = []
         for members in core_kinds.values():
             sizes = [self.layers[i].rank for i in members]

@@ -26,7 +26,7 @@ newton_schulz) against the same step run eagerly, and checks that the two take t
     python benchmarks/condlr_step.py --track mnist-lenet5 --compression 0.5 0.8 --threads 2 --workers both
 
 ``--retraction both`` times the step with ``retraction="auto"`` (on the CPU Householder QR for all
-but very tall factor buckets) against the same step with Cholesky-QR2 everywhere
+but large, very tall factor buckets) against the same step with Cholesky-QR2 everywhere
 (bench.condlr.RETRACTIONS); ``--retraction NAME`` sets the current step's kernel.
 
     python benchmarks/condlr_step.py --track cifar10-vgg16 --compression 0.5 0.8 --retraction both --stages
