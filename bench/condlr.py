@@ -685,11 +685,12 @@ class ManifoldSGD(torch.optim.SGD):
             for idx in _buckets(shapes, self.bucket_slack):
                 group = [members[j] for j in idx]
                 self._buckets.append((_Bucket([getattr(self.layers[i], w) for i, w in group], self.bucket_align), group))
-        # retraction="auto": per bucket, Householder QR on the CPU unless the factors are very tall
-        # (N > _HOUSEHOLDER_ASPECT·R) and the bucket not small; Cholesky-QR2 elsewhere
+        # retraction="auto": Householder QR on the CPU for the cores and for every factor bucket but
+        # the large, very tall ones (N > _HOUSEHOLDER_ASPECT·R); Cholesky-QR2 elsewhere
+        self._auto_core_retraction = "householder" if self._on_cpu else "cholesky_qr2"
         self._auto_retraction = [
-            "householder" if self._on_cpu and (b.N <= _HOUSEHOLDER_ASPECT * b.R
-                                               or len(b.shapes) * b.N * b.R ** 2 <= _HOUSEHOLDER_SMALL)
+            self._auto_core_retraction if (b.N <= _HOUSEHOLDER_ASPECT * b.R
+                                           or len(b.shapes) * b.N * b.R ** 2 <= _HOUSEHOLDER_SMALL)
             else "cholesky_qr2" for b, _ in self._buckets]
         self._core_buckets: list[tuple[_CoreBucket, list[int]]] = []
         for members in core_kinds.values():
@@ -929,9 +930,7 @@ class ManifoldSGD(torch.optim.SGD):
         """The QR kernel of factor bucket ``k`` (None: the cores), ``retraction`` resolved."""
         if self.retraction != "auto":
             return self.retraction
-        if k is None:
-            return "householder" if self._on_cpu else "cholesky_qr2"
-        return self._auto_retraction[k]
+        return self._auto_core_retraction if k is None else self._auto_retraction[k]
 
     # -- CPU: independent buckets on worker threads ---------------------------------------------
     #: on a CPU with torch set to T ≥ 2 threads, run the buckets' projections, retractions and

@@ -685,7 +685,7 @@ def test_retraction_is_householder_on_the_cpu_unless_asked_otherwise():
     chol = ManifoldSGD(twin, [l for _, l in lowrank_layers(twin)], retraction="cholesky_qr2", **hp)
     assert auto.retraction == "auto" and auto.bucket_retraction(None) == "householder"
     assert [auto.bucket_retraction(k) for k in range(len(auto._buckets))] == [
-        "householder" if b.N <= condlr._HOUSEHOLDER_ASPECT * b.R or len(b.shapes) * b.N * b.R ** 2 <= 4e6
+        "householder" if b.N <= condlr._HOUSEHOLDER_ASPECT * b.R or len(b.shapes) * b.N * b.R ** 2 <= condlr._HOUSEHOLDER_SMALL
         else "cholesky_qr2" for b, _ in auto._buckets]
     assert "householder" in {auto.bucket_retraction(k) for k in range(len(auto._buckets))}
     assert {chol.bucket_retraction(k) for k in [None, *range(len(chol._buckets))]} == {"cholesky_qr2"}
