@@ -72,6 +72,8 @@ class Track:
     #: the model's input normalisation: "data" (the training split's channel mean/std), "none"
     #: (inputs used as [0, 1] pixels), or explicit ((mean per channel), (std per channel))
     normalization: str | tuple[tuple[float, ...], tuple[float, ...]] = "data"
+    #: extra keyword arguments of the model builder, as (name, value) pairs (e.g. (("width", 0.25),))
+    arch_kwargs: tuple[tuple[str, Any], ...] = ()
     #: keep only N images of the official training split, the first of each class in file order
     #: (bench.data.balanced_first), before the validation split
     train_subset: int | None = None

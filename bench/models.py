@@ -75,8 +75,19 @@ _VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M"
 
 
 @register_model("vgg16")
-def vgg16(*, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, mean=None, std=None) -> nn.Module:
-    """VGG16 as in the CondLR paper: 13 conv3x3 (no bias) + BN + LReLU, FC 512-512 + Dropout(0.2), Kaiming init."""
+def vgg16(*, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, mean=None, std=None,
+          width: float = 1.0) -> nn.Module:
+    """VGG16 as in the CondLR paper: 13 conv3x3 (no bias) + BN + LReLU, FC 512-512 + Dropout(0.2), Kaiming init.
+
+    ``width`` multiplies every layer's channels and the two hidden FC widths (0.25: 16-16-M-32-...-128,
+    FC 128-128), the layout otherwise unchanged; 1 is the paper's network.
+    """
+    if not width > 0:
+        raise ValueError(f"vgg16: width must be > 0, got {width}")
+
+    def w(v: int) -> int:
+        return max(1, round(v * width))
+
     layers: list[nn.Module] = [_norm(in_channels, mean, std)]
     c = in_channels
     for v in _VGG16_CFG:
@@ -85,15 +96,15 @@ def vgg16(*, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, 
         else:
             # momentum=0.9 as the paper's code passes it: in PyTorch's convention the new batch
             # statistics weigh 0.9 in the running estimates.
-            layers += [nn.Conv2d(c, v, 3, padding=1, bias=False), nn.BatchNorm2d(v, momentum=0.9), _act()]
-            c = v
+            layers += [nn.Conv2d(c, w(v), 3, padding=1, bias=False), nn.BatchNorm2d(w(v), momentum=0.9), _act()]
+            c = w(v)
     s = image_size // 32
     layers += [
         nn.Flatten(),
-        nn.Linear(512 * s * s, 512), _act(),
-        nn.Linear(512, 512), _act(),
+        nn.Linear(c * s * s, w(512)), _act(),
+        nn.Linear(w(512), w(512)), _act(),
         nn.Dropout(0.2),
-        nn.Linear(512, num_classes),
+        nn.Linear(w(512), num_classes),
     ]
     model = nn.Sequential(*layers)
     # The paper's initialisation: Kaiming-normal weights (fan-in, ReLU gain), biases uniform on [0, 1).

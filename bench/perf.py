@@ -163,22 +163,16 @@ def _build(name: str, compression: float, track, data, device, batch_size: int, 
     import torch
 
     from bench.compression import inference_param_count
-    from bench.method import BuildContext, OptimHP, build_optimizer
-    from bench.models import build_model
+    from bench.method import OptimHP, build_optimizer
     from bench.registry import METHODS
-    from bench.runner import seed_everything
+    from bench.runner import build_for_track
     from bench.train import total_steps_of
 
     cls = METHODS.get(name)
     method = cls()
-    mean, std = data.channel_stats()
-    seed_everything(seed)
-    dense = build_model(track.arch, num_classes=data.num_classes, in_channels=data.in_channels,
-                        image_size=data.image_size, mean=mean, std=std).to(device)
     total_steps = max(1, total_steps_of(len(data.y_train), batch_size, track.epochs))
-    ctx = BuildContext(compression=compression, example_input=data.x_train[:1].to(device), total_steps=total_steps,
-                       seed=seed)
-    model = method.build(dense, ctx).to(device)
+    model, _ = build_for_track(track, data, method, compression=compression, seed=seed, total_steps=total_steps,
+                               device=device)
     hp = OptimHP(lr=track.lr, momentum=track.momentum, weight_decay=track.weight_decay, nesterov=track.nesterov)
     opt = build_optimizer(method, model, hp)  # as bench.train.train does
     model.train()

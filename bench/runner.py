@@ -117,6 +117,34 @@ def input_normalization(track: Track, data) -> tuple[list[float], list[float]]:
     return mean, std
 
 
+def model_kwargs_for(track: Track, data) -> dict[str, Any]:
+    """The model builder's keyword arguments for ``track`` on ``data``: classes, input shape, the
+    track's input normalisation and its ``arch_kwargs``."""
+    mean, std = input_normalization(track, data)
+    return dict(num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size,
+                mean=mean, std=std, **dict(track.arch_kwargs))
+
+
+def build_for_track(track: Track, data, method: Method, *, compression: float, seed: int,
+                    total_steps: int | None, device=None):
+    """The one way a run's model is made (``bench run``, ``bench eval``, ``bench perf``, the benchmarks):
+    the seeded dense model of the track's architecture, converted by ``method``. Returns (model, dense
+    parameter count)."""
+    from bench.compression import inference_param_count
+    from bench.models import build_model
+
+    seed_everything(seed)
+    dense = build_model(track.arch, **model_kwargs_for(track, data))
+    n_dense = inference_param_count(dense)
+    example = data.x_train[:1] if device is None else data.x_train[:1].to(device)
+    if device is not None:
+        dense = dense.to(device)
+    ctx = BuildContext(compression=compression if type(method).compresses else 0.0, example_input=example,
+                       total_steps=total_steps, seed=seed)
+    model = method.build(dense, ctx)
+    return (model.to(device) if device is not None else model), n_dense
+
+
 def resolve_device(name: str | None):
     import torch
 
@@ -263,22 +291,14 @@ def _describe(cfg: RunConfig, p: Prepared, device) -> tuple[dict[str, Any], dict
 
 def _build(cfg: RunConfig, p: Prepared, data, device, row: dict):
     """The seeded dense model, converted by the method: (model, method, the architecture's kwargs)."""
-    from bench.compression import inference_param_count
-    from bench.models import build_model
     from bench.train import total_steps_of
 
     row.update(data_source=data.source, n_train=int(len(data.y_train)), n_val=int(len(data.y_val)))
-    mean, std = input_normalization(p.track, data)
-    model_kwargs = dict(num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size,
-                        mean=mean, std=std)
-    seed_everything(cfg.seed)
-    dense = build_model(p.track.arch, **model_kwargs)
-    row["n_params_dense"] = inference_param_count(dense)
     method: Method = p.method_cls(p.params)
     total_steps = total_steps_of(len(data.y_train), p.batch_size, p.epochs) if p.budget_seconds is None else None
-    ctx = BuildContext(compression=p.compression, example_input=data.x_train[:1].to(device),
-                       total_steps=total_steps, seed=cfg.seed)
-    return method.build(dense.to(device), ctx).to(device), method, model_kwargs
+    model, row["n_params_dense"] = build_for_track(p.track, data, method, compression=p.compression, seed=cfg.seed,
+                                                   total_steps=total_steps, device=device)
+    return model, method, model_kwargs_for(p.track, data)
 
 
 def _train(cfg: RunConfig, p: Prepared, model, method: Method, data, device, resolved: dict, row: dict, log) -> None:
@@ -378,13 +398,8 @@ def load_stored_model(parent: dict, results_dir, data, track: Track, *, device, 
     resolved = json.loads(parent["config_json"])
     method_cls = METHODS.get(parent["method"])
     method: Method = method_cls(parse_params(method_cls.Params, resolved["method_params"]))
-    mean, std = input_normalization(track, data)
-    seed_everything(int(parent["seed"]))
-    dense = build_model(track.arch, num_classes=data.num_classes, in_channels=data.in_channels,
-                        image_size=data.image_size, mean=mean, std=std)
-    ctx = BuildContext(compression=float(resolved["compression_target"]), example_input=data.x_train[:1],
-                       total_steps=None, seed=int(parent["seed"]))
-    model = method.build(dense, ctx)
+    model, _ = build_for_track(track, data, method, compression=float(resolved["compression_target"]),
+                               seed=int(parent["seed"]), total_steps=None)
     method.restore_checkpoint_state(stored["method"], model)
     model.load_state_dict(stored["model"])
     return model.to(device).eval(), method
@@ -428,9 +443,7 @@ def evaluate_stored(run_id: str, results_dir="results", *, n_eval: int | None = 
     row["config_json"] = json.dumps(resolved, sort_keys=True, default=str)
     row["config_id"] = config_id_of(key_of_row(track.name, parent["method"], parent["seed"], resolved))
     row.update(provenance(dev))
-    mean, std = input_normalization(track, data)
-    kwargs = dict(num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size,
-                  mean=mean, std=std)
+    kwargs = model_kwargs_for(track, data)
     state_dir = state_dir_for(results_dir, f"eval__{parent['run_id']}")
     ectx = EvalContext(device=dev, n_eval=n, aa_version=aa_version, skip_attacks=skip_attacks, state_dir=state_dir,
                        dense_factory=lambda: build_model(track.arch, **kwargs), progress=progress,

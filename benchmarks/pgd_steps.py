@@ -21,21 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def trained(method_name: str, data, track, epochs: float, seed: int):
     import torch
 
-    from bench.method import BuildContext, OptimHP
-    from bench.models import build_model
+    from bench.method import OptimHP
     from bench.registry import METHODS
-    from bench.runner import input_normalization
+    from bench.runner import build_for_track
     from bench.train import Budget, train
 
-    mean, std = input_normalization(track, data)
-    torch.manual_seed(seed)
-    model = build_model(track.arch, num_classes=data.num_classes, in_channels=data.in_channels,
-                        image_size=data.image_size, mean=mean, std=std)
-    cls = METHODS.get(method_name)
-    method = cls()
+    method = METHODS.get(method_name)()
     steps = -(-len(data.y_train) // track.batch_size) * epochs
-    model = method.build(model, BuildContext(compression=track.compression if cls.compresses else 0.0,
-                                             example_input=data.x_train[:1], total_steps=int(steps), seed=seed))
+    model, _ = build_for_track(track, data, method, compression=track.compression, seed=seed, total_steps=int(steps))
     hp = OptimHP(lr=track.lr, momentum=track.momentum, weight_decay=track.weight_decay, nesterov=track.nesterov)
     train(model, method, data.x_train, data.y_train, hp=hp, budget=Budget(epochs=epochs), batch_size=track.batch_size,
           lr_milestones=track.lr_milestones, lr_gamma=track.lr_gamma, augment=track.augment, seed=seed,

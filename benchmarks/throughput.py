@@ -23,20 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def measure(method_name: str, data, track, compression: float, epochs: float, device, seed: int) -> float:
     import torch
 
-    from bench.method import BuildContext, OptimHP
-    from bench.models import build_model
+    from bench.method import OptimHP
     from bench.registry import METHODS
+    from bench.runner import build_for_track
     from bench.train import Budget, train
 
-    mean, std = data.channel_stats()
-    torch.manual_seed(seed)
-    model = build_model(track.arch, num_classes=data.num_classes, in_channels=data.in_channels,
-                        image_size=data.image_size, mean=mean, std=std).to(device)
-    cls = METHODS.get(method_name)
-    method = cls()
-    ctx = BuildContext(compression=compression if cls.compresses else 0.0, example_input=data.x_train[:1].to(device),
-                       total_steps=None, seed=seed)
-    model = method.build(model, ctx).to(device)
+    method = METHODS.get(method_name)()
+    model, _ = build_for_track(track, data, method, compression=compression, seed=seed, total_steps=None,
+                               device=device)
     hp = OptimHP(lr=track.lr, momentum=track.momentum, weight_decay=track.weight_decay, nesterov=track.nesterov)
     stats = train(model, method, data.x_train, data.y_train, hp=hp, budget=Budget(epochs=epochs),
                   batch_size=track.batch_size, lr_milestones=track.lr_milestones, lr_gamma=track.lr_gamma,
