@@ -364,17 +364,19 @@ def compare(df: pd.DataFrame, a: str | Spec, b: str | Spec, *, track: str | None
                else "no outcomes in " + ", ".join(missing))
     else:
         why = _same_points(pairs)
-        if not why and eps is not None and any(mask_at(r["_outcomes"], "autoattack", "Linf", eps) is None
-                                               for pair in pairs for r in pair):
-            why = "a row has outcomes but none at the headline ε"
+        if not why and any(mask_at(r["_outcomes"], "clean") is None for pair in pairs for r in pair):
+            why = "a row has outcomes but no clean ones"
     if why:
         notes.insert(0, why)
         return Comparison(track, a, b, seeds, False, None, notes, _seed_level(pairs, robust_title))
 
     n = len(pairs[0][0]["attacked_indices"])
     metrics = []
-    for title, key in ((robust_title, ("autoattack", "Linf", eps)),
-                       ("clean acc on the attacked points", ("clean", "", 0.0))):
+    keys = [(robust_title, ("autoattack", "Linf", eps)), ("clean acc on the attacked points", ("clean", "", 0.0))]
+    if eps is None or any(mask_at(r["_outcomes"], "autoattack", "Linf", eps) is None for pair in pairs for r in pair):
+        notes.append("robust accuracy is not compared: AutoAttack did not run in every paired row")
+        keys = keys[1:]
+    for title, key in keys:
         ma = np.stack([mask_at(ra["_outcomes"], *key) for ra, _ in pairs])
         mb = np.stack([mask_at(rb["_outcomes"], *key) for _, rb in pairs])
         lines = []

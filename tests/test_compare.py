@@ -210,3 +210,9 @@ def test_leaderboard_compares_two_configurations_picked_in_the_table(tiny_runs, 
     # the app shows exactly what `bench compare` prints, for whichever order the boxes hold
     swapped = compare(read_results(tiny_runs), "vanilla_lowrank@0.5", "dense")
     assert text in (expected.text(), swapped.text())
+
+
+def test_rows_without_attacks_compare_on_clean_outcomes_only(real_runs):
+    cmp = compare(read_results(real_runs), "dense", "vanilla_lowrank@0.5")  # --no-attacks runs, seed 0 paired
+    assert cmp.per_point and cmp.seeds == [0] and [m.title for m in cmp.metrics] == ["clean acc on the attacked points"]
+    assert any("AutoAttack did not run" in n for n in cmp.notes) and "McNemar p" in cmp.text()
