@@ -98,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--results-dir", default=None, help="default: $BENCH_RESULTS_DIR, then ./results")
     ps.add_argument("--track", default=None, help="only this track")
     ps.add_argument("--all", action="store_true", help="one line per run instead of per configuration")
+    pc = sub.add_parser("compare", help="paired test of two configurations of a track (McNemar, bootstrap)",
+                        description="Compare two configurations point by point (McNemar's exact test per seed, "
+                                    "a paired bootstrap over points and seeds) when their rows keep per-point "
+                                    "outcomes, else by a paired test over seeds (see bench/compare.py).")
+    pc.add_argument("a", metavar="A", help="NAME[KEY=VALUE,...]@COMPRESSION, e.g. robust_lowrank@0.5")
+    pc.add_argument("b", metavar="B", help="the same for the second configuration")
+    pc.add_argument("--track", "-t", default=None, help="track (default: the one track both have rows on)")
+    pc.add_argument("--results-dir", default=None, help="default: $BENCH_RESULTS_DIR, then ./results")
     plb = sub.add_parser("leaderboard", help="serve the Streamlit leaderboard")
     plb.add_argument("--results-dir", default=None, help="default: $BENCH_RESULTS_DIR, then ./results")
     plb.add_argument("--port", type=int, default=8501)
@@ -373,6 +381,14 @@ def _show_legend(per_run: bool, legend: str) -> str:
     return legend
 
 
+def cmd_compare(args) -> int:
+    from bench.compare import compare
+    from bench.results import read_results
+
+    print(compare(read_results(results_dir_default(args.results_dir)), args.a, args.b, track=args.track).text())
+    return 0
+
+
 def cmd_leaderboard(args) -> int:
     """Serve leaderboard_app/app.py with Streamlit; this process becomes the server (stop it by its PID)."""
     import socket
@@ -424,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     from bench.method import ParamError
     from bench.registry import RegistryError
 
-    handlers = {"run": cmd_run, "eval": cmd_eval, "export": cmd_export, "sweep": cmd_sweep, "list": cmd_list, "show": cmd_show, "leaderboard": cmd_leaderboard,
+    handlers = {"run": cmd_run, "eval": cmd_eval, "export": cmd_export, "sweep": cmd_sweep, "list": cmd_list, "show": cmd_show, "compare": cmd_compare,
+                "leaderboard": cmd_leaderboard,
                 "perf": __import__("bench.perf", fromlist=["cmd_perf"]).cmd_perf}
     from bench.method import Interrupted
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 #: the types a column may declare (parquet types in :func:`bench.results.schema_types`)
-TYPES = ("str", "float", "int", "bool", "list<str>", "list<float>", "list<int>", "curve", "aa_curve")
+TYPES = ("str", "float", "int", "bool", "list<str>", "list<float>", "list<int>", "curve", "aa_curve", "outcomes")
 #: how a column aggregates over a configuration's seeds: "mean" (``<name>_mean`` and ``<name>_std``),
 #: "first" (the first successful run's value), "" (not aggregated)
 AGGS = ("mean", "first", "")
@@ -101,7 +101,7 @@ class Column:
 
     @property
     def is_list(self) -> bool:
-        return self.type.startswith("list") or self.type in ("curve", "aa_curve")
+        return self.type.startswith("list") or self.type in ("curve", "aa_curve", "outcomes")
 
     def default(self) -> Any:
         """The value a row holds when nothing was measured: [] for lists, else null."""
@@ -128,7 +128,8 @@ def fmt(v: Any, spec: str = ".4f") -> str:
 class EvalInputs:
     """What a metric family's ``compute`` receives: the trained model (eval mode), the data set,
     the track's :class:`bench.config.EvalProtocol`, the :class:`bench.evaluate.EvalContext`, the
-    device, and the attacked points ``x_eval, y_eval`` (the first ``n_eval`` test points)."""
+    device, and the attacked points ``x_eval, y_eval`` (the test points at ``indices``, chosen by the
+    protocol's ``attack_points``: see :func:`bench.evaluate.attacked_indices`). Every attack uses them."""
 
     model: Any
     data: Any
@@ -137,6 +138,7 @@ class EvalInputs:
     device: Any
     x_eval: Any
     y_eval: Any
+    indices: tuple[int, ...] | list[int] = ()
 
     @property
     def n_eval(self) -> int:

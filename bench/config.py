@@ -22,7 +22,12 @@ class EvalProtocol:
     ``bench.metrics.autoattack`` for the nested, monotone curve.
     """
 
-    n_eval: int = 200  # first test points attacked (AutoAttack, FGSM, PGD); clean accuracy uses the whole test split
+    n_eval: int = 200  # test points attacked (AutoAttack, FGSM, PGD); clean accuracy uses the whole test split
+    #: which test points are attacked: "first" (the first n_eval of the split) or "permutation" (the first
+    #: n_eval of a permutation of the split seeded by attack_points_seed, the same for every method and seed;
+    #: recorded in the attacked_indices column)
+    attack_points: str = "first"
+    attack_points_seed: int = 0
     linf_eps: tuple[float, ...] = (0.02, 0.05, 0.1)  # AutoAttack Linf curve (headline_eps is added if missing)
     headline_eps: float = 0.05  # the Linf ε reported as robust_acc / robust_eps
     headline_version: str = "standard"  # AutoAttack version at the headline ε: 'standard' | 'plus'
@@ -44,6 +49,8 @@ class EvalProtocol:
             raise ValueError(f"curve_attacks must be a non-empty subset of {known}, got {self.curve_attacks}")
         if not self.headline_eps > 0 or any(not e > 0 for e in self.linf_eps + self.l2_eps):
             raise ValueError("AutoAttack ε must be > 0")
+        if self.attack_points not in ("first", "permutation"):
+            raise ValueError(f"attack_points must be 'first' or 'permutation', got {self.attack_points!r}")
         if self.n_eval < 0 or self.pgd_steps < 1 or self.sensitivity_points < 0:
             raise ValueError("n_eval and sensitivity_points must be >= 0 and pgd_steps >= 1")
 

@@ -1,7 +1,8 @@
 """Evaluate a trained model: run every registered metric family and return the row's evaluation columns.
 
-The model is evaluated once, after training, in eval mode. Attacks use the first ``n_eval``
-points of the test split; clean accuracy uses the whole split. What each column means is declared
+The model is evaluated once, after training, in eval mode. Attacks use ``n_eval`` points of the
+test split chosen by the protocol's ``attack_points`` (:func:`attacked_indices`); clean accuracy
+uses the whole split. What each column means is declared
 with it (``bench/metrics/families/``, one file per family) and listed in ``docs/columns.md``
 (``bench list --columns``); this module only runs the families in order and checks what they return.
 """
@@ -30,6 +31,18 @@ class EvalContext:
     seed: int = 0
 
 
+def attacked_indices(protocol: EvalProtocol, n_test: int, n_eval: int) -> torch.Tensor:
+    """The test-split indices the attacks use, ascending: the first ``n_eval`` ("first"), or the first
+    ``n_eval`` of a permutation seeded by ``attack_points_seed`` ("permutation"). They depend on neither
+    the method nor the run's seed, so every row of a track attacks the same points; a smaller ``n_eval``
+    takes a subset of a larger one's points."""
+    n_eval = max(0, min(int(n_eval), int(n_test)))
+    if protocol.attack_points == "first":
+        return torch.arange(n_eval)
+    gen = torch.Generator().manual_seed(int(protocol.attack_points_seed))
+    return torch.randperm(int(n_test), generator=gen)[:n_eval].sort().values
+
+
 def evaluate(model: torch.nn.Module, data, protocol: EvalProtocol, ctx: EvalContext) -> dict[str, Any]:
     """Every metric family's columns for ``model`` (left in eval mode), plus ``eval_seconds``.
 
@@ -43,9 +56,9 @@ def evaluate(model: torch.nn.Module, data, protocol: EvalProtocol, ctx: EvalCont
     t_start = time.perf_counter()
     device = torch.device(ctx.device)
     model.eval()
-    n_eval = max(0, min(int(ctx.n_eval), len(data.y_test)))
+    idx = attacked_indices(protocol, len(data.y_test), ctx.n_eval)
     inputs = EvalInputs(model=model, data=data, protocol=protocol, ctx=ctx, device=device,
-                        x_eval=data.x_test[:n_eval], y_eval=data.y_test[:n_eval])
+                        x_eval=data.x_test[idx], y_eval=data.y_test[idx], indices=[int(i) for i in idx])
     row: dict[str, Any] = {}
     for family in families():
         row.update(family.run(inputs))

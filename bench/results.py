@@ -66,9 +66,13 @@ def schema_types() -> dict:
         ("norm", pa.string()), ("eps", pa.float64()), ("acc", pa.float64()), ("version", pa.string()),
         ("attacks", pa.string()), ("n", pa.int64()), ("n_attacked", pa.int64()), ("seconds", pa.float64()),
     ]))
+    # per-point outcomes (bench.outcomes): bits is a base64 bitmask over attacked_indices
+    outcomes = pa.list_(pa.struct([("attack", pa.string()), ("norm", pa.string()), ("eps", pa.float64()),
+                                   ("n", pa.int64()), ("bits", pa.string())]))
     types = {"str": pa.string(), "float": pa.float64(), "int": pa.int64(), "bool": pa.bool_(),
              "list<str>": pa.list_(pa.string()), "list<float>": pa.list_(pa.float64()),
-             "list<int>": pa.list_(pa.int64()), "curve": curve, "aa_curve": aa_curve}
+             "list<int>": pa.list_(pa.int64()), "curve": curve, "aa_curve": aa_curve,
+             "outcomes": outcomes}
     return {c.name: types[c.type] for c in all_columns()}
 
 

@@ -374,6 +374,7 @@ def main() -> None:
                + (f" · {n_failed} failed run(s) hidden" if hide_failed and n_failed else ""))
     _headline(lb, ok_lb, shown_runs, eps_label)
     picked = _table_section(lb, lb_all, shown_runs, track, eps_label, headline)
+    _compare_section(ok_lb, in_track)
     if show_paper and paper is not None:
         _paper_section(paper, shown_runs, in_track)
     _plots(ok_lb, shown_runs, all_methods, eps_label, paper)
@@ -421,6 +422,27 @@ def _table_section(lb: pd.DataFrame, lb_all: pd.DataFrame, shown_runs: pd.DataFr
                        f"runs-{track}.parquet", parquet, on_click="ignore", key="dl_runs", icon=":material/download:")
     rows = list(getattr(getattr(event, "selection", None), "rows", None) or [])
     return lb.iloc[[rows[0]]] if rows and 0 <= rows[0] < len(lb) else None
+
+
+def _compare_section(ok_lb: pd.DataFrame, in_track: pd.DataFrame) -> None:
+    """Two configurations of the table compared pairwise (bench.compare, as `bench compare` prints it)."""
+    if len(ok_lb) < 2:
+        return
+    st.subheader("Compare two configurations")
+    labels = {i: lbd.label_of(r) for i, r in ok_lb.iterrows()}
+    c1, c2 = st.columns(2)
+    ia = c1.selectbox("A", list(labels), format_func=labels.get, key="compare_a")
+    rest = [i for i in labels if i != ia]
+    ib = c2.selectbox("B", rest, format_func=labels.get, key="compare_b")
+    try:
+        text = lbd.comparison(in_track, ok_lb.loc[ia], ok_lb.loc[ib]).text()
+    except ValueError as exc:
+        st.warning(f"These two do not compare: {exc}", icon=":material/warning:")
+        return
+    st.code(text, language=None)
+    st.caption("Paired by seed and, where the rows keep per-point outcomes, by attacked point: McNemar's exact "
+               "test per seed and a bootstrap over points and seeds; rows without outcomes get a test over seeds, "
+               "and say so. The same as `bench compare A B --track T`.")
 
 
 def _paper_section(paper: pd.DataFrame, shown_runs: pd.DataFrame, in_track: pd.DataFrame) -> None:

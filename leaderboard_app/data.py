@@ -315,6 +315,14 @@ def label_of(row: Any) -> str:
     return name
 
 
+def comparison(runs: pd.DataFrame, row_a: Any, row_b: Any):
+    """:func:`bench.compare.compare` of two leaderboard rows (configurations) on ``runs`` (one track's runs)."""
+    from bench.compare import compare, spec_of
+
+    specs = [spec_of(r["method_id"], as_float(r.get("compression_target"))) for r in (row_a, row_b)]
+    return compare(runs, specs[0], specs[1], track=row_a["track"])
+
+
 def pareto_mask(x: Any, y: Any) -> np.ndarray:
     """True for points no other point beats in both x and y (both maximised); NaNs are never on it."""
     x = np.asarray(x, dtype=float)

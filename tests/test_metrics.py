@@ -261,6 +261,9 @@ def test_interrupted_curve_resumes_from_the_state_files(tmp_path):
     # the finished ε = 0.1 is read back: no forward pass between its start and the next step's
     assert calls_at_step[1] == calls_at_step[0]
     assert [p["acc"] for p in res.points] == [1.0, 0.0]
+    # the per-point masks (the row's aa_outcomes) of the read-back ε are those of an uninterrupted run
+    whole = autoattack_curve(model, x, y, steps)
+    assert all(torch.equal(res.robust[k], whole.robust[k]) for k in whole.robust)
 
     # the same evaluation again: every ε is read back, only the clean pass runs the model
     model.calls = 0

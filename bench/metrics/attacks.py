@@ -108,6 +108,39 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
     return track.result(x + delta)
 
 
+def attack_masks(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list, *,
+                 attack: Literal["fgsm", "pgd"], norm: Norm = "Linf", steps: int = 20,
+                 device: torch.device | str = "cpu", batch_size: int = 250, seed: int = 0) -> list[torch.Tensor]:
+    """Per ε of ``eps_list`` (raw, one independent attack per ε), the CPU bool mask of the points of
+    ``x`` still classified correctly under ``attack`` (a point misclassified without attack is broken)."""
+    if attack not in ("fgsm", "pgd"):
+        raise ValueError(f"unknown attack {attack!r}")
+    if attack == "fgsm" and norm != "Linf":
+        raise ValueError("FGSM is a Linf attack")
+    out = []
+    n = len(y)
+    for eps in eps_list:
+        eps = float(eps)
+        gen = torch.Generator().manual_seed(seed)
+        parts = []
+        for i in range(0, n, batch_size):
+            xb = x[i:i + batch_size].to(device)
+            yb = y[i:i + batch_size].to(device)
+            if attack == "fgsm":
+                xa = fgsm(model, xb, yb, eps)
+            else:
+                xa = pgd(model, xb, yb, eps, norm=norm, steps=steps, generator=gen)
+            with torch.no_grad():
+                parts.append((model(xa).argmax(1) == yb).cpu())
+        out.append(torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool))
+    return out
+
+
+def curve_of(eps_list, masks: list[torch.Tensor]) -> list[dict]:
+    """``[{"eps", "acc"}, ...]`` from :func:`attack_masks`' masks (accuracy over all points; 0.0 with none)."""
+    return [{"eps": float(e), "acc": int(m.sum()) / len(m) if len(m) else 0.0} for e, m in zip(eps_list, masks)]
+
+
 def attack_curve(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list, *,
                  attack: Literal["fgsm", "pgd"], norm: Norm = "Linf", steps: int = 20,
                  device: torch.device | str = "cpu", batch_size: int = 250, seed: int = 0) -> list[dict]:
@@ -116,24 +149,6 @@ def attack_curve(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps_l
     Returns ``[{"eps": float, "acc": float}, ...]`` in the order of ``eps_list``;
     accuracy is over all of ``x`` (points misclassified without attack count as broken).
     """
-    if attack == "fgsm" and norm != "Linf":
-        raise ValueError("FGSM is a Linf attack")
-    out = []
-    n = len(y)
-    for eps in eps_list:
-        eps = float(eps)
-        gen = torch.Generator().manual_seed(seed)
-        correct = 0
-        for i in range(0, n, batch_size):
-            xb = x[i:i + batch_size].to(device)
-            yb = y[i:i + batch_size].to(device)
-            if attack == "fgsm":
-                xa = fgsm(model, xb, yb, eps)
-            elif attack == "pgd":
-                xa = pgd(model, xb, yb, eps, norm=norm, steps=steps, generator=gen)
-            else:
-                raise ValueError(f"unknown attack {attack!r}")
-            with torch.no_grad():
-                correct += int((model(xa).argmax(1) == yb).sum())
-        out.append({"eps": eps, "acc": correct / n if n else 0.0})
-    return out
+    masks = attack_masks(model, x, y, eps_list, attack=attack, norm=norm, steps=steps, device=device,
+                         batch_size=batch_size, seed=seed)
+    return curve_of(eps_list, masks)

@@ -14,20 +14,23 @@ def compute(inp: EvalInputs) -> dict:
     protocol = inp.protocol
     if not inp.attacking:
         return {"pgd_steps": int(protocol.pgd_steps)}
-    from bench.metrics.attacks import attack_curve
+    from bench.metrics.attacks import attack_masks, curve_of
+    from bench.outcomes import entry
 
     t0 = time.perf_counter()
     kw = dict(device=inp.device, seed=inp.ctx.seed)
     x, y, model = inp.x_eval, inp.y_eval, inp.model
-    return {
-        "fgsm_curve": attack_curve(model, x, y, protocol.fgsm_eps, attack="fgsm", **kw),
-        "pgd_linf_curve": attack_curve(model, x, y, protocol.pgd_linf_eps, attack="pgd", norm="Linf",
-                                       steps=protocol.pgd_steps, **kw),
-        "pgd_l2_curve": attack_curve(model, x, y, protocol.pgd_l2_eps, attack="pgd", norm="L2",
-                                     steps=protocol.pgd_steps, **kw),
-        "pgd_steps": int(protocol.pgd_steps),
-        "attack_seconds": time.perf_counter() - t0,
-    }
+    out, outcomes = {}, []
+    for col, attack, norm, eps_list, steps in (
+            ("fgsm_curve", "fgsm", "Linf", protocol.fgsm_eps, 1),
+            ("pgd_linf_curve", "pgd", "Linf", protocol.pgd_linf_eps, protocol.pgd_steps),
+            ("pgd_l2_curve", "pgd", "L2", protocol.pgd_l2_eps, protocol.pgd_steps)):
+        masks = attack_masks(model, x, y, eps_list, attack=attack, norm=norm, steps=steps, **kw)
+        out[col] = curve_of(eps_list, masks)
+        outcomes += [entry(attack, norm, e, m) for e, m in zip(eps_list, masks)]
+    out.update(attack_outcomes=outcomes, pgd_steps=int(protocol.pgd_steps),
+               attack_seconds=time.perf_counter() - t0)
+    return out
 
 
 def summary(row: dict) -> list[str]:
@@ -50,6 +53,10 @@ FAMILY = register_metric(MetricFamily(
         Column("pgd_l2_curve", "curve", "PGD L2 accuracy per ε", norm="L2", label="PGD L2"),
         Column("fgsm_curve", "curve", "FGSM accuracy per ε", norm="Linf",
                label="FGSM"),
+        Column("attack_outcomes", "outcomes", "per attacked point, robust or not under each attack at each ε: "
+                                              "entries {attack ('fgsm' | 'pgd'), norm, eps, n, bits}, bits a base64 "
+                                              "bitmask over attacked_indices (bench/outcomes.py); the mean of an "
+                                              "entry's mask is its curve's acc; empty for rows written before it"),
         Column("pgd_steps", "int", "PGD iterations per ε"),
         Column("attack_seconds", "float", "wall time of the FGSM and PGD curves", unit="s"),
     ),

@@ -17,6 +17,7 @@ def compute(inp: EvalInputs) -> dict:
     if not inp.attacking:
         return {"aa_n": 0}
     from bench.metrics.autoattack import autoattack_curve, plan_curve
+    from bench.outcomes import entry
 
     protocol, ctx, device = inp.protocol, inp.ctx, inp.device
     steps = plan_curve(linf_eps=protocol.linf_eps, l2_eps=protocol.l2_eps, headline_eps=protocol.headline_eps,
@@ -36,6 +37,9 @@ def compute(inp: EvalInputs) -> dict:
         "aa_headline_version": headline.version,
         "aa_n": inp.n_eval,
         "aa_curve": res.points,
+        # the masks of finished ε come back from the state files on a resume (bench.metrics.autoattack)
+        "aa_outcomes": [entry("autoattack", p["norm"], p["eps"], res.robust[(p["norm"], p["eps"])])
+                        for p in res.points],
         "aa_flags": list(res.flags),
         "aa_seconds": time.perf_counter() - t0,
     }
@@ -91,7 +95,7 @@ class _Progress:
 
 FAMILY = register_metric(MetricFamily(
     name="autoattack", title="AutoAttack", order=50, compute=compute, summary=summary,
-    description=("`pyautoattack` on the first `n_eval` test points; exact semantics (nested ε, versions, resumable "
+    description=("`pyautoattack` on the attacked points (`attacked_indices`); exact semantics (nested ε, versions, resumable "
                  "state) in `bench/metrics/autoattack.py`. Away from the headline ε the curve is usually "
                  "APGD-CE + APGD-T, not the standard AutoAttack: each point records its `version` and `attacks`."),
     columns=(
@@ -111,6 +115,10 @@ FAMILY = register_metric(MetricFamily(
                                        "n_attacked, seconds} per (norm, ε), Linf by increasing ε then L2; acc over "
                                        "all n points, non-increasing in ε (nested: ε_k attacks only the points "
                                        "robust at ε_{k-1}, n_attacked of them)"),
+        Column("aa_outcomes", "outcomes", "per attacked point, robust or not at each (norm, ε) of aa_curve, in its "
+                                          "order: entries {attack='autoattack', norm, eps, n, bits}, bits a base64 "
+                                          "bitmask over attacked_indices (bench/outcomes.py); the entry at (Linf, "
+                                          "robust_eps) is the headline's; empty for rows written before it"),
         Column("aa_flags", "list<str>", "every warning pyautoattack logged and every Python warning raised during "
                                         "the attacks, as '<norm> eps=<ε> <version>: <message>'"),
         Column("aa_seconds", "float", "wall time of the whole AutoAttack curve", unit="s"),

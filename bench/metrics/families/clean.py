@@ -16,16 +16,20 @@ def wilson_columns(acc: float | None, n: int) -> tuple[float | None, float | Non
 
 
 def compute(inp: EvalInputs) -> dict:
-    from bench.metrics.accuracy import accuracy
+    from bench.metrics.accuracy import accuracy, correct_mask
+    from bench.outcomes import entry
 
     data, dev = inp.data, inp.device
     out = {
         "n_test": int(len(data.y_test)),
         "clean_acc": accuracy(inp.model, data.x_test, data.y_test, device=dev),
         "val_acc": accuracy(inp.model, data.x_val, data.y_val, device=dev) if len(data.y_val) else None,
-        "clean_acc_eval": accuracy(inp.model, inp.x_eval, inp.y_eval, device=dev) if inp.n_eval else None,
-        "attacked_indices": list(range(inp.n_eval)),
+        "attacked_indices": list(inp.indices),
     }
+    if inp.n_eval:
+        correct = correct_mask(inp.model, inp.x_eval, inp.y_eval, device=dev)
+        out["clean_acc_eval"] = int(correct.sum()) / inp.n_eval
+        out["clean_outcomes"] = [entry("clean", "", 0.0, correct)]
     out["clean_acc_ci_low"], out["clean_acc_ci_high"] = wilson_columns(out["clean_acc"], out["n_test"])
     return out
 
@@ -48,7 +52,11 @@ FAMILY = register_metric(MetricFamily(
         Column("clean_acc_ci_low", "float", "95% Wilson interval of clean_acc over the n_test points, low end",
                unit="fraction"),
         Column("clean_acc_ci_high", "float", "95% Wilson interval of clean_acc, high end", unit="fraction"),
-        Column("attacked_indices", "list<int>", "test-split indices every attack used (the first n_eval), so "
-                                               "two rows compare point for point"),
+        Column("clean_outcomes", "outcomes", "per attacked point, correct without attack: one entry {attack='clean', "
+                                             "norm='', eps=0, n, bits}, bits a base64 bitmask over attacked_indices "
+                                             "(bench/outcomes.py); empty for rows written before it"),
+        Column("attacked_indices", "list<int>", "test-split indices every attack used, ascending (the track's "
+                                               "attack_points: the first n_eval, or a seeded permutation's), so two "
+                                               "rows compare point for point"),
     ),
 ))
