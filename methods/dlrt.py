@@ -17,8 +17,7 @@ class DLRTParams(IntegratorParams):
 class DLRT(DLRTMethod):
     """DLRT: U S Vᵀ layers whose ranks adapt during training (augment with the gradient, train S, truncate), Adam.
 
-    Weight decay: the track's, decoupled (AdamW), on S, biases and BatchNorm; the orthonormal bases
-    U, V move only by augmentation and truncation.
+    Weight decay: the track's, decoupled (AdamW), on S, biases and BatchNorm; none on the bases U, V (moved only by augment/truncate).
 
     RobustDLRT's integrator (Schotthöfer, Yang, Schnake, NeurIPS 2025; public code
     ScSteffen/RobustDLRT) without its regulariser and clamp. Differences from the reference code:

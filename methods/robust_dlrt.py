@@ -26,8 +26,7 @@ class RobustDLRTParams(IntegratorParams):
 class RobustDLRT(DLRTMethod):
     """RobustDLRT: DLRT's rank-adaptive U S Vᵀ layers with a conditioned core (regulariser + clamp, κ(S) ≤ 1 + β), Adam.
 
-    Weight decay: the track's, decoupled (AdamW), on S, biases and BatchNorm; the orthonormal bases
-    U, V move only by augmentation and truncation.
+    Weight decay: the track's, decoupled (AdamW), on S, biases and BatchNorm; none on the bases U, V (moved only by augment/truncate).
 
     Differences from the reference code (ScSteffen/RobustDLRT), besides those of ``dlrt``: the
     regulariser's gradient is added to S's before the step instead of the loss (the same update; the
