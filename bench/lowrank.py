@@ -384,3 +384,43 @@ class LowRankMethod(Method):
 
     def describe(self, model) -> dict:
         return self.plan.describe() if self.plan is not None else {}
+
+
+
+@torch.no_grad()
+def set_factors_(layer: _LowRank, U: torch.Tensor, S: torch.Tensor | None, V: torch.Tensor, optimizer=None) -> None:
+    """Give ``layer`` new factors of any rank (new Parameters: autograd keeps a leaf's shape, so a
+    resized leaf cannot be reused). With ``optimizer``, each new Parameter takes the old one's place
+    in its parameter group (same position, so a saved optimizer state dict still maps onto it) and
+    its state; the caller adapts that state to the new shape."""
+    r = U.shape[1]
+    if not 1 <= r <= min(layer.n, layer.m) or tuple(V.shape) != (layer.m, r) or U.shape[0] != layer.n:
+        raise ValueError(f"factors of shapes {tuple(U.shape)}, {tuple(V.shape)} do not fit a {layer.n}x{layer.m} layer")
+    swaps = {}
+    for name, new in (("U", U), ("S", S), ("V", V)):
+        old = getattr(layer, name)
+        if old is None:
+            continue
+        p = nn.Parameter(new.to(dtype=old.dtype, device=old.device).contiguous(), requires_grad=old.requires_grad)
+        setattr(layer, name, p)
+        swaps[old] = p
+    layer.rank = r
+    if optimizer is not None:
+        replace_optimizer_params(optimizer, swaps)
+
+
+def replace_optimizer_params(optimizer, swaps: dict) -> None:
+    """Put each new parameter where the old one (a key of ``swaps``) was in ``optimizer``'s groups, with its state."""
+    for g in optimizer.param_groups:
+        g["params"] = [swaps.get(p, p) for p in g["params"]]
+    for old, new in swaps.items():
+        if old in optimizer.state:
+            optimizer.state[new] = optimizer.state.pop(old)
+
+
+def resize_lowrank_(layer: _LowRank, rank: int, optimizer=None) -> None:
+    """Set ``layer`` to rank ``rank`` (zero factors), e.g. before loading a state dict saved at that rank."""
+    if rank != layer.rank:
+        U, V = layer.U, layer.V
+        S = None if layer.S is None else layer.S.new_zeros(rank, rank)
+        set_factors_(layer, U.new_zeros(layer.n, rank), S, V.new_zeros(layer.m, rank), optimizer)

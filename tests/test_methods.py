@@ -53,9 +53,12 @@ def test_method_trains_meets_the_count_and_round_trips(name):
     assert abs(inference_param_count(model) - target) <= 0.01 * target
     json.dumps(method.describe(model))
 
-    # the state dict loads into a fresh model of the same method and gives the same function
+    # the state dict loads into a fresh model of the same method and gives the same function, the way
+    # the model store reloads it (bench.runner.load_stored_model): the method's state first (a
+    # rank-changing method resizes its layers there), then the state dict
     other, fresh, _, _ = _build(name, 0.8, seed=1)
     other.finalize(fresh)
+    other.restore_checkpoint_state(method.checkpoint_state(), fresh)
     fresh.load_state_dict(model.state_dict())
     model.eval(), fresh.eval()
     with torch.no_grad():

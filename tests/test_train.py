@@ -142,7 +142,7 @@ def test_a_checkpoint_of_another_training_configuration_is_not_resumed(tmp_path,
     assert _fit(method, model, ckpt, identity="batch64").resumed_from_step > 0  # its own: resumed
 
 
-@pytest.mark.parametrize("name", ["dense", "pruning", "svd_prune", "robust_lowrank"])
+@pytest.mark.parametrize("name", ["dense", "pruning", "svd_prune", "robust_lowrank", "robust_dlrt"])
 def test_a_run_killed_midway_resumes_to_the_same_weights(name, tmp_path, one_thread):
     method, model = _build(name)
     _fit(method, model)
