@@ -45,7 +45,7 @@ _VGG = ("VGG16 (conv without bias + BatchNorm + LeakyReLU, FC 512-512, dropout 0
 # points; the standard AutoAttack at a headline ε where the dense model keeps 20-60 %; the
 # APGD-CE + APGD-T curve up to RobustBench's 8/255; FGSM on the paper's grid and L2-PGD at its 0.3.
 _CIFAR_SMALL_EVAL = EvalProtocol(
-    n_eval=500,
+    n_eval=500, attack_points="permutation",
     linf_eps=(1 / 255, 2 / 255, 4 / 255, 8 / 255),
     headline_eps=1 / 255,
     l2_eps=(0.3, 0.5),
