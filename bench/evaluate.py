@@ -44,9 +44,9 @@ def evaluate(model: torch.nn.Module, data, protocol: EvalProtocol, ctx: EvalCont
     device = torch.device(ctx.device)
     model.eval()
     n_eval = max(0, min(int(ctx.n_eval), len(data.y_test)))
-    inputs = EvalInputs(model=model, data=data, protocol=protocol, ctx=ctx, device=device,
-                        x_eval=data.x_test[:n_eval], y_eval=data.y_test[:n_eval])
     row: dict[str, Any] = {}
+    inputs = EvalInputs(model=model, data=data, protocol=protocol, ctx=ctx, device=device,
+                        x_eval=data.x_test[:n_eval], y_eval=data.y_test[:n_eval], row=row)
     for family in families():
         row.update(family.run(inputs))
         model.eval()  # a family that switched modes does not change what the next one measures
