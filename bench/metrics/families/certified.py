@@ -18,8 +18,8 @@ def grids(protocol) -> tuple[list[float], list[float]]:
 
 def compute(inp: EvalInputs) -> dict:
     lip = inp.row.get("operator_lipschitz_upper")
-    if inp.n_eval == 0:
-        return {"certified_note": "no points to certify (n_eval = 0)"}
+    if not inp.attacking:  # the floor goes with the attacks it brackets
+        return {"certified_note": "attacks skipped" if inp.n_eval else "no points to certify (n_eval = 0)"}
     if lip is None:
         return {"certified_note": "no Lipschitz bound: " + (inp.row.get("operator_lipschitz_note") or "not computed")}
     from bench.metrics.certified import certified_curve, certified_radii, logit_margins
