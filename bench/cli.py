@@ -352,7 +352,7 @@ def cmd_show(args) -> int:
     import warnings
 
     from bench.results import read_results
-    from bench.summary import LEGEND, summary_table
+    from bench.summary import LEGEND, bracket_lines, summary_table
 
     d = results_dir_default(args.results_dir)
     with warnings.catch_warnings(record=True) as caught:
@@ -369,6 +369,9 @@ def cmd_show(args) -> int:
     print(table.to_string(index=False))
     if not table.empty:
         print(f"\n{_show_legend(args.all, LEGEND)}")
+    bracket = bracket_lines(df)
+    if bracket:
+        print("\nrobustness bracket at the headline eps (means over seeds):\n" + "\n".join(bracket))
     return 0
 
 

@@ -18,7 +18,7 @@ This module imports neither torch nor pandas: the leaderboard reads it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 #: the types a column may declare (parquet types in :func:`bench.results.schema_types`)
@@ -128,8 +128,9 @@ def fmt(v: Any, spec: str = ".4f") -> str:
 class EvalInputs:
     """What a metric family's ``compute`` receives: the trained model (eval mode), the data set,
     the track's :class:`bench.config.EvalProtocol`, the :class:`bench.evaluate.EvalContext`, the
-    device, and the attacked points ``x_eval, y_eval`` (the test points at ``indices``, chosen by the
-    protocol's ``attack_points``: see :func:`bench.evaluate.attacked_indices`). Every attack uses them."""
+    device, the attacked points ``x_eval, y_eval`` (the test points at ``indices``, chosen by the
+    protocol's ``attack_points``: see :func:`bench.evaluate.attacked_indices`; every attack uses them),
+    and ``row``: the columns the earlier families (lower ``order``) returned."""
 
     model: Any
     data: Any
@@ -139,6 +140,8 @@ class EvalInputs:
     x_eval: Any
     y_eval: Any
     indices: tuple[int, ...] | list[int] = ()
+    #: the columns of the families that ran before this one (``bench.evaluate`` fills it as they run)
+    row: dict = field(default_factory=dict)
 
     @property
     def n_eval(self) -> int:

@@ -57,9 +57,9 @@ def evaluate(model: torch.nn.Module, data, protocol: EvalProtocol, ctx: EvalCont
     device = torch.device(ctx.device)
     model.eval()
     idx = attacked_indices(protocol, len(data.y_test), ctx.n_eval)
-    inputs = EvalInputs(model=model, data=data, protocol=protocol, ctx=ctx, device=device,
-                        x_eval=data.x_test[idx], y_eval=data.y_test[idx], indices=[int(i) for i in idx])
     row: dict[str, Any] = {}
+    inputs = EvalInputs(model=model, data=data, protocol=protocol, ctx=ctx, device=device,
+                        x_eval=data.x_test[idx], y_eval=data.y_test[idx], indices=[int(i) for i in idx], row=row)
     for family in families():
         row.update(family.run(inputs))
         model.eval()  # a family that switched modes does not change what the next one measures

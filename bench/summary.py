@@ -209,6 +209,22 @@ def summary_table(df: pd.DataFrame, per_run: bool = False) -> pd.DataFrame:
     return t.drop(columns=empty)
 
 
+def bracket_lines(df: pd.DataFrame) -> list[str]:
+    """Per configuration with both numbers: 'certified ≤ true ≤ AutoAttack' at the headline ε (means over seeds)."""
+    agg = aggregate(df)
+    out = []
+    for _, r in agg.iterrows():
+        cert, rob = _num(r.get("certified_acc_mean")), _num(r.get("robust_acc_mean"))
+        if math.isnan(cert) or math.isnan(rob):
+            continue
+        eps = _num(r.get("robust_eps"))
+        params = r["method_params"] if r["method_params"] not in ("{}", "") else ""
+        out.append(f"  {r['track']} {r['method']}{(' ' + params) if params else ''}: certified {cert:.1%} <= true "
+                   f"<= AutoAttack {rob:.1%} at Linf eps {eps:.4g}" + ("   (certified > AutoAttack: suspect)"
+                                                                        if cert > rob + 1e-12 else ""))
+    return out
+
+
 def _points_label(c) -> str:
     return f"{c.points_label or c.points} pts"
 

@@ -244,6 +244,12 @@ def _run_curve_charts(curves: pd.DataFrame) -> list[tuple[str, alt.Chart]]:
         tooltip = ["attack:N", alt.Tooltip("eps:Q", format=".4g"), alt.Tooltip("acc:Q", format=".1%"),
                    alt.Tooltip("attack_set:N", title="attacks at this ε"), "version:N", "attacks:N", "n:Q"]
         chart = alt.Chart(part).mark_line(point=True, strokeWidth=2).encode(x=x, y=y, color=color, tooltip=tooltip)
+        band = lbd.bracket_band(part)
+        if not band.empty:  # certified ≤ true ≤ AutoAttack: the truth lies in the shaded band
+            chart = alt.Chart(band).mark_area(opacity=0.15, color="#555").encode(
+                x=x, y=alt.Y("certified:Q"), y2=alt.Y2("attacked:Q"),
+                tooltip=[alt.Tooltip("eps:Q", format=".4g"), alt.Tooltip("certified:Q", format=".1%"),
+                         alt.Tooltip("attacked:Q", title="AutoAttack", format=".1%")]) + chart
         head = part[part["headline"].astype(bool)]
         if not head.empty:
             head = head.assign(marker="headline ε (the table's robust accuracy)")

@@ -613,6 +613,19 @@ def provenance(r: Any) -> dict:
     return out
 
 
+def bracket_band(part: pd.DataFrame) -> pd.DataFrame:
+    """eps, certified, attacked: where one norm's points (:func:`run_curves`) hold both the certified and the
+    AutoAttack accuracy at the same ε — the band in which the true robust accuracy lies."""
+    fams = set(part["family"]) if "family" in part.columns else set()
+    pairs = [(c, a) for c, a in (("certified_linf", "aa_linf"), ("certified_l2", "aa_l2")) if {c, a} <= fams]
+    if not pairs:
+        return pd.DataFrame(columns=["eps", "certified", "attacked"])
+    c, a = pairs[0]
+    cert = part[part["family"] == c][["eps", "acc"]].rename(columns={"acc": "certified"})
+    att = part[part["family"] == a][["eps", "acc"]].rename(columns={"acc": "attacked"})
+    return cert.merge(att, on="eps").sort_values("eps").reset_index(drop=True)
+
+
 def run_curves(r: Any) -> pd.DataFrame:
     """All curve points of one run: ``family`` (a :data:`CURVES` id), ``attack`` (its
     :func:`family_label` for this run), ``norm``, eps, acc, and the AutoAttack details."""
