@@ -317,7 +317,9 @@ def _train(cfg: RunConfig, p: Prepared, model, method: Method, data, device, res
     track = p.track
     hp = OptimHP(lr=track.lr, momentum=track.momentum, weight_decay=track.weight_decay, nesterov=track.nesterov)
     ckpt_path = checkpoint_path(cfg.results_dir, p.config_id())
-    monitor = pgd_monitor(data, p.objective.eps, device, cfg.seed) if p.objective.adversarial else None
+    # the catastrophic-overfitting monitor needs the attack's ε (an objective without one has none)
+    eps = p.objective.eps if p.objective.adversarial else None
+    monitor = pgd_monitor(data, eps, device, cfg.seed) if eps is not None else None
     stats = train(model, method, data.x_train, data.y_train, hp=hp,
                   budget=Budget(epochs=p.epochs, seconds=p.budget_seconds), batch_size=p.batch_size,
                   lr_milestones=track.lr_milestones, lr_gamma=track.lr_gamma, augment=track.augment,

@@ -1,7 +1,9 @@
 """The training loop. It owns the data order, augmentation, batch size,
 learning-rate schedule and the budget; the method only supplies the model,
-the optimizer over its parameters and a post-step hook. No method can spend
-more epochs or seconds than the budget, because only this loop steps."""
+the optimizer over its parameters and a post-step hook; the objective
+(:mod:`bench.objective`) supplies the loss and the training attack, which this loop
+runs the same way for every method. No method can spend more epochs or seconds than
+the budget, because only this loop steps."""
 
 from __future__ import annotations
 
