@@ -280,7 +280,8 @@ def format_summary(row: dict, path) -> str:
 
     lines = [
         "",
-        f"== {row['method_id']} on {row['track']} (seed {row['seed']}) ==",
+        f"== {row['method_id']} on {row['track']} (seed {row['seed']})"
+        + (f", trained with {_objective_text(row)}" if row.get("objective", "standard") != "standard" else "") + " ==",
         f"  data        {row.get('dataset')} [{row.get('data_source')}]  train {row.get('n_train')}  "
         f"val {row.get('n_val')}  test {row.get('n_test')}",
         f"  params      {fmt(row.get('n_params'), ',')} of {fmt(row.get('n_params_dense'), ',')} dense  "
@@ -289,10 +290,21 @@ def format_summary(row: dict, path) -> str:
         f"{fmt(row.get('train_seconds'), '.1f')} s, {fmt(row.get('images_per_second'), ',.0f')} img/s "
         f"on {row.get('device_name')}",
     ]
+    curve = row.get("train_pgd_curve")
+    if curve is not None and len(curve):  # a list, or an array when the row was read back from parquet
+        lines.append(f"  overfit     PGD acc per epoch (256 val points, training eps) "
+                     f"{' '.join(f'{v:.3f}' for v in curve)}"
+                     + ("  CATASTROPHIC OVERFITTING" if row.get("catastrophic_overfitting") else ""))
     for family in families():
         lines += family.summary_lines(row)
     lines.append(f"  written     {path}")
     return "\n".join(lines)
+
+
+def _objective_text(row: dict) -> str:
+    from bench.summary import objective_text
+
+    return objective_text(row)
 
 
 def cmd_eval(args) -> int:
