@@ -43,6 +43,9 @@ def _add_run(sub, common):
     p.add_argument("--batch-size", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE",
                    help="method parameter, validated against the method's dataclass (repeatable)")
+    p.add_argument("--objective", default="standard", metavar="NAME[KEY=VALUE,...]",
+                   help="training objective, e.g. 'pgd_at[eps=0.3,steps=10]' (see `bench list --objectives`; "
+                        "default standard: clean cross-entropy)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 
@@ -56,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tracks", action="store_true", help="list tracks")
     g.add_argument("--models", action="store_true", help="list model architectures")
     g.add_argument("--metrics", action="store_true", help="list metric families and the columns each writes")
+    g.add_argument("--objectives", action="store_true", help="list training objectives and their parameters")
     g.add_argument("--columns", action="store_true",
                    help="print the reference of every result column (markdown, as docs/columns.md)")
     pw = sub.add_parser("sweep", parents=[common],
@@ -68,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "'dense,robust_lowrank[mode=mean,kappa=2]'; or 'all'")
     pw.add_argument("--compressions", default=None, help="comma-separated targets (default: the track's)")
     pw.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    pw.add_argument("--objectives", default=None,
+                    help="comma-separated training objectives, each optionally with parameters: "
+                         "'standard,pgd_at[eps=0.3,steps=10]' (default standard)")
     pw.add_argument("--rerun", action="store_true", help="run configurations that already have an ok row too")
     pw.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
     pw.add_argument("--retry-failed", action="store_true",
@@ -94,9 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     px.add_argument("--out", required=True, help="a folder (robustbench) or a file (csv, parquet)")
     px.add_argument("--results-dir", default=None, help="default: $BENCH_RESULTS_DIR, then ./results")
     px.add_argument("--track", default=None, help="only this track")
+    px.add_argument("--objective", default=None, help="only this training objective (e.g. standard, pgd_at)")
     ps = sub.add_parser("show", help="print the results table")
     ps.add_argument("--results-dir", default=None, help="default: $BENCH_RESULTS_DIR, then ./results")
     ps.add_argument("--track", default=None, help="only this track")
+    ps.add_argument("--objective", default=None, help="only this training objective (e.g. standard, pgd_at)")
     ps.add_argument("--all", action="store_true", help="one line per run instead of per configuration")
     pc = sub.add_parser("compare", help="paired test of two configurations of a track (McNemar, bootstrap)",
                         description="Compare two configurations point by point (McNemar's exact test per seed, "
@@ -119,9 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args) -> int:
     from bench.config import RunConfig
     from bench import runner
+    from bench.objective import objective_spec
 
+    objective, objective_params = objective_spec(args.objective)
     cfg = RunConfig(
-        method=args.method, track=args.track, seed=args.seed,
+        method=args.method, track=args.track, seed=args.seed, objective=objective, objective_params=objective_params,
         method_params=_params_dict(args.param), epochs=args.epochs, budget_seconds=args.budget_seconds,
         compression=args.compression, device=args.device, data_dir=args.data_dir,
         results_dir=args.results_dir, n_eval=args.n_eval, aa_version=args.aa_version,
@@ -134,7 +145,9 @@ def cmd_run(args) -> int:
     if prepared.budget_seconds is not None:
         budget += (" or " if budget else "") + f"{prepared.budget_seconds:g} s"
     print(f"bench run: method={cfg.method} track={prepared.track.name} seed={cfg.seed} "
-          f"compression={prepared.compression:g} budget={budget} n_eval={prepared.n_eval}", flush=True)
+          f"compression={prepared.compression:g} budget={budget} n_eval={prepared.n_eval}"
+          + (f" objective={runner.params_id(cfg.objective, prepared.objective.params)}"
+             if prepared.objective.adversarial or cfg.objective != "standard" else ""), flush=True)
     try:
         row, path = runner.run(cfg, prepared=prepared)
     except runner.RunError as exc:
@@ -154,13 +167,14 @@ def cmd_sweep(args) -> int:
     from bench.registry import METHODS
     from bench.results import check_writable
     from bench.runner import prepare
-    from bench.sweep import expand, parse_methods, row_ids, sweep_id
+    from bench.sweep import expand, parse_methods, parse_specs, row_ids, sweep_id
 
     if not args.methods:
         raise ValueError("bench sweep: no methods: give --methods or `methods = [...]` in the --file")
     methods = [(m, {}) for m in METHODS.names()] if args.methods == "all" else parse_methods(args.methods)
     comps = [float(c) for c in str(args.compressions).split(",")] if args.compressions else [None]
     seeds = [int(s) for s in str(args.seeds).split(",")]
+    objectives = parse_specs(args.objectives, "--objectives") if args.objectives else [("standard", {})]
     tracks = [t.strip() for t in args.tracks.split(",") if t.strip()] if args.tracks else [args.track]
     base = RunConfig(method=methods[0][0], track=tracks[0], epochs=args.epochs, budget_seconds=args.budget_seconds,
                      device=args.device, data_dir=args.data_dir, results_dir=args.results_dir, n_eval=args.n_eval,
@@ -170,7 +184,7 @@ def cmd_sweep(args) -> int:
     cfgs, keys, seen, comp_of = [], [], set(), {}
     # Seed-major across tracks too: a grid stopped midway leaves whole seeds of every track.
     grid = [c for s in seeds for t in tracks
-            for c in expand(dataclasses.replace(base, track=t), methods, comps, [s])]
+            for c in expand(dataclasses.replace(base, track=t), methods, comps, [s], objectives)]
     declined = {}
     for cfg in grid:
         try:
@@ -253,7 +267,12 @@ def cmd_sweep(args) -> int:
 
 
 def _params_text(cfg) -> str:
-    return "".join(f" {k}={v}" for k, v in sorted(cfg.method_params.items()))
+    text = "".join(f" {k}={v}" for k, v in sorted(cfg.method_params.items()))
+    if cfg.objective != "standard":
+        text += f" objective={cfg.objective}" + (
+            "[" + ",".join(f"{k}={v}" for k, v in sorted(cfg.objective_params.items())) + "]"
+            if cfg.objective_params else "")
+    return text
 
 
 def _params_dict(items: list[str]) -> dict:
@@ -269,7 +288,8 @@ def format_summary(row: dict, path) -> str:
 
     lines = [
         "",
-        f"== {row['method_id']} on {row['track']} (seed {row['seed']}) ==",
+        f"== {row['method_id']} on {row['track']} (seed {row['seed']})"
+        + (f", trained with {_objective_text(row)}" if row.get("objective", "standard") != "standard" else "") + " ==",
         f"  data        {row.get('dataset')} [{row.get('data_source')}]  train {row.get('n_train')}  "
         f"val {row.get('n_val')}  test {row.get('n_test')}",
         f"  params      {fmt(row.get('n_params'), ',')} of {fmt(row.get('n_params_dense'), ',')} dense  "
@@ -278,10 +298,21 @@ def format_summary(row: dict, path) -> str:
         f"{fmt(row.get('train_seconds'), '.1f')} s, {fmt(row.get('images_per_second'), ',.0f')} img/s "
         f"on {row.get('device_name')}",
     ]
+    curve = row.get("train_pgd_curve")
+    if curve is not None and len(curve):  # a list, or an array when the row was read back from parquet
+        lines.append(f"  overfit     PGD acc per epoch (256 val points, training eps) "
+                     f"{' '.join(f'{v:.3f}' for v in curve)}"
+                     + ("  CATASTROPHIC OVERFITTING" if row.get("catastrophic_overfitting") else ""))
     for family in families():
         lines += family.summary_lines(row)
     lines.append(f"  written     {path}")
     return "\n".join(lines)
+
+
+def _objective_text(row: dict) -> str:
+    from bench.summary import objective_text
+
+    return objective_text(row)
 
 
 def cmd_eval(args) -> int:
@@ -298,7 +329,8 @@ def cmd_eval(args) -> int:
 def cmd_export(args) -> int:
     from bench.export import export
 
-    files = export(results_dir_default(args.results_dir), args.out, args.format, track=args.track)
+    files = export(results_dir_default(args.results_dir), args.out, args.format, track=args.track,
+                   objective=args.objective)
     print(f"bench export: {len(files)} file(s) under {args.out}")
     for f in files[:20]:
         print(f"  {f}")
@@ -329,6 +361,19 @@ def cmd_list(args) -> int:
             print(f"{fam.name:14s} {fam.title}: {', '.join(c.name for c in fam.columns)}")
         for name, err in sorted(METRIC_FAMILIES.load_errors.items()):
             print(f"{name:14s} (failed to load: {err})")
+        return 0
+    if args.objectives:
+        import dataclasses
+
+        from bench.registry import OBJECTIVES
+
+        for name, cls in OBJECTIVES.items():
+            print(f"{name:10s} {cls.summary()}")
+            params = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls.Params))
+            if params:
+                print(f"{'':10s} parameters: {params} (eps=None: the track's adv_eps)")
+        for name, err in sorted(OBJECTIVES.load_errors.items()):
+            print(f"{name:10s} (failed to load: {err})")
         return 0
     if args.models:
         for name, fn in MODELS.items():
@@ -362,6 +407,8 @@ def cmd_show(args) -> int:
         print(f"warning: {w.message}", file=sys.stderr)
     if args.track:
         df = df[df["track"] == args.track]
+    if args.objective:
+        df = df[df["objective"] == args.objective]
     if df.empty:
         print(f"no results in {d}. Produce some with: bench run --method dense --results-dir {d}")
         return 0

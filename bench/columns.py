@@ -210,6 +210,9 @@ IDENTITY = (
     _c("method_params", "str", "the method's parameters as sorted JSON ('{}' for defaults-only methods)"),
     _c("method_id", "str", "method name with its non-default parameters, e.g. 'robust_lowrank[mode=mean]'",
        agg="first"),
+    _c("objective", "str", "training objective ('standard': clean cross-entropy; 'pgd_at', 'fgsm_rs', 'trades': "
+                           "adversarial training, docs/objectives.md); rows written before it existed read 'standard'"),
+    _c("objective_params", "str", "the objective's parameters as sorted JSON, ε and steps resolved ('{}' for standard)"),
     _c("track", "str", "track name (data set, architecture, optimiser, schedule, evaluation protocol)"),
     _c("track_description", "str", "the track's one-line summary at run time"),
     _c("track_differs", "str", "what this track changes relative to the setting it cites ('' when faithful)"),
@@ -246,6 +249,15 @@ TRAINING = (
     _c("stopped_by", "str", "'epochs' or 'seconds': which budget ended training"),
     _c("final_train_loss", "float", "training loss of the last step"),
     _c("resumed_from_step", "int", "the checkpoint step training resumed from (null: trained in one go)"),
+    _c("train_forward_passes", "int", "forward passes of the model over a training batch, the training attack's "
+                                      "included (steps x the objective's passes per step)"),
+    _c("train_backward_passes", "int", "backward passes through the model for a training batch, the training "
+                                       "attack's included"),
+    _c("train_pgd_curve", "list<float>", "adversarial objectives: PGD accuracy (the training ε, 10 steps) on 256 "
+                                         "held-out validation points after each epoch (and at the end of training)",
+       unit="fraction"),
+    _c("catastrophic_overfitting", "bool", "adversarial objectives: train_pgd_curve fell below 0.3x its best "
+                                           "earlier value (Wong et al. 2020); null for standard training"),
     _c("deterministic", "bool", "PyTorch deterministic algorithms were on"),
     _c("method_details", "str", "JSON the method reports about the trained model (ranks, sparsity, ...)"),
     _c("model_path", "str", "stored weights, relative to the results directory"),

@@ -88,6 +88,9 @@ class Track:
     #: ("" = nothing: architecture, initialisation, optimizer, schedule and split are the paper's)
     reference: str = ""
     differs: str = ""
+    #: the Linf ε of the track's adversarially trained variants (the training attack's default ε and
+    #: their headline AutoAttack ε); None: the track declares none (give the objective an eps)
+    adv_eps: float | None = None
 
     def __post_init__(self):
         if isinstance(self.normalization, str):
@@ -96,6 +99,8 @@ class Track:
                                  f"got {self.normalization!r}")
         elif len(self.normalization) != 2 or len(self.normalization[0]) != len(self.normalization[1]):
             raise ValueError(f"track {self.name}: normalization must be ((mean, ...), (std, ...))")
+        if self.adv_eps is not None and not 0 < self.adv_eps <= 1:
+            raise ValueError(f"track {self.name}: adv_eps must be in (0, 1], got {self.adv_eps}")
         if self.train_subset is not None and self.train_subset < 1:
             raise ValueError(f"track {self.name}: train_subset must be >= 1")
 
@@ -138,6 +143,9 @@ class RunConfig:
     models_dir: str | None = None
     #: the grid this run belongs to (set by bench sweep; see bench.sweep.sweep_id)
     sweep_id: str | None = None
+    #: the training objective (bench list --objectives) and its parameters (validated by its Params)
+    objective: str = "standard"
+    objective_params: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)

@@ -10,7 +10,8 @@ parameters, compression target), the accuracies averaged over its seeds, under
 ``<out>/model_info/<dataset>/Linf/``. ``reported`` is our own measured number (no paper reports
 these models); ``footnote`` says what RobustBench would not assume: how many seeds and test
 points, and which AutoAttack version. Our extra fields, which RobustBench's loader ignores:
-``compression``, ``compression_target``, ``method``, ``method_params``, ``track``,
+``compression``, ``compression_target``, ``method``, ``method_params``, ``objective``,
+``objective_params`` (the training objective; a non-standard one also names the file), ``track``,
 ``track_differs``, ``n_params``, ``n_params_dense``, ``seeds``, ``run_ids``, ``weights_sha256``,
 ``aa_points``, ``aa_version``, ``clean_acc_ci95``, ``autoattack_acc_ci95``, ``cond_max``,
 ``git_commits``. Only configurations whose headline is the standard AutoAttack in Linf are
@@ -71,24 +72,30 @@ def robustbench_entries(runs: pd.DataFrame) -> list[tuple[str, str, dict]]:
     ok = ok[ok["robust_acc"].notna()] if "robust_acc" in ok.columns else ok.iloc[0:0]
     if ok.empty:
         return []
+    from bench.results import with_objective
+    from bench.summary import objective_text
+
     agg = aggregate(ok)
+    ok = with_objective(ok)
     for c in ("method", "method_params", "track"):
         ok[c] = ok[c].astype(object).where(ok[c].notna(), "")
     ok["compression_target"] = pd.to_numeric(ok["compression_target"], errors="coerce")
     out = []
     for _, a in agg.iterrows():
         g = ok[(ok["track"] == a["track"]) & (ok["method"] == a["method"]) & (ok["method_params"] == a["method_params"])
+               & (ok["objective"] == a["objective"]) & (ok["objective_params"] == a["objective_params"])
                & (ok["compression_target"].sub(a["compression_target"]).abs() < 1e-9)]
+        trained = "" if a["objective"] == "standard" else objective_text(a)
         first = g.iloc[0]
         params = json.loads(a["method_params"] or "{}")
         label = method_label(a["method"], params)
         target = float(a["compression_target"])
-        name = f"{a['track']}__{label}__c{target:g}"
+        name = f"{a['track']}__{label}__c{target:g}" + (f"__{trained}" if trained else "")
         aa_n = int(pd.to_numeric(g["aa_n"], errors="coerce").max()) if "aa_n" in g else None
         n_seeds = int(a["seeds"])
         info = {
             "link": "",
-            "name": f"{label} at compression {target:g} ({a['track']})",
+            "name": f"{label} at compression {target:g} ({a['track']})" + (f", trained with {trained}" if trained else ""),
             "authors": "",
             "additional_data": False,
             "number_forward_passes": 1,
@@ -108,6 +115,8 @@ def robustbench_entries(runs: pd.DataFrame) -> list[tuple[str, str, dict]]:
             "compression_target": target,
             "method": a["method"],
             "method_params": params,
+            "objective": a["objective"],
+            "objective_params": json.loads(a["objective_params"] or "{}"),
             "track": a["track"],
             "track_differs": str(first.get("track_differs") or "") if "track_differs" in g else "",
             "n_params": int(a["n_params_mean"]),
@@ -128,8 +137,10 @@ def robustbench_entries(runs: pd.DataFrame) -> list[tuple[str, str, dict]]:
     return out
 
 
-def export(results_dir, out, fmt: str = "robustbench", *, track: str | None = None) -> list[Path]:
-    """Write the export; returns the files written. ``track`` keeps one track only."""
+def export(results_dir, out, fmt: str = "robustbench", *, track: str | None = None,
+           objective: str | None = None) -> list[Path]:
+    """Write the export; returns the files written. ``track`` keeps one track only, ``objective`` one
+    training objective."""
     from bench.results import read_results
     from bench.summary import aggregate
 
@@ -138,8 +149,11 @@ def export(results_dir, out, fmt: str = "robustbench", *, track: str | None = No
     runs = read_results(results_dir)
     if not runs.empty and track is not None:
         runs = runs[runs["track"] == track]
+    if not runs.empty and objective is not None:
+        runs = runs[runs["objective"] == objective]
     if runs.empty:
-        raise ValueError(f"no result rows in {results_dir}" + (f" for track {track!r}" if track else ""))
+        raise ValueError(f"no result rows in {results_dir}" + (f" for track {track!r}" if track else "")
+                         + (f" for objective {objective!r}" if objective else ""))
     out = Path(out)
     if fmt in ("csv", "parquet"):
         table = aggregate(runs)

@@ -4,9 +4,10 @@ Training throughput
     Every (method, compression) entry is built exactly as ``bench run`` builds it
     (:func:`bench.models.build_model`, ``method.build(dense, BuildContext(...))``,
     ``method.make_optimizer(model, OptimHP(...))``, seeded the same way) and trained with the
-    trainer's step (:mod:`bench.train`): learning rate from the schedule, the track's
-    augmentation, ``zero_grad``, forward, cross-entropy, backward, ``optimizer.step()``,
-    ``method.post_step(model, progress)``, with the track's batch size and the data on the
+    trainer's step (:func:`bench.train.train_step`, the function ``bench run`` steps with):
+    learning rate from the schedule, the track's augmentation, ``zero_grad``, forward,
+    cross-entropy, backward, ``optimizer.step()``, ``method.post_step(model, progress)``,
+    with the track's batch size and the data on the
     device. ``progress`` is what a real run has at those steps (the start of the track's
     budget), so a schedule such as pruning's behaves as it does there. After ``--warmup``
     untimed steps per entry, ``--repeats`` rounds each time ``--steps`` steps of every entry in
@@ -181,32 +182,26 @@ def _build(name: str, compression: float, track, data, device, batch_size: int, 
 
 
 def _train_steps(e: _Entry, k: int, x, y, track, batch_size: int) -> None:
-    """``k`` steps of bench.train.train's loop body (full batches; a new permutation when one runs out)."""
+    """``k`` steps of :func:`bench.train.train_step`, the trainer's own step, with its schedule and
+    augmentation (full batches; a new permutation when one runs out)."""
     import torch
-    import torch.nn.functional as F
 
-    from bench.train import augment_batch, lr_at
+    from bench.objective import make_objective
+    from bench.train import augment_batch, lr_at, train_step
 
     n = len(y)
-    hp_lr = track.lr
+    objective = make_objective("standard", {})
     for _ in range(k):
-        progress = min(e.step / e.total_steps, 1.0)
-        lr = lr_at(progress, hp_lr, track.lr_milestones, track.lr_gamma)
-        for g in e.optimizer.param_groups:
-            g["lr"] = lr * g["lr_scale"]
+        lr = lr_at(min(e.step / e.total_steps, 1.0), track.lr, track.lr_milestones, track.lr_gamma)
         if e.perm is None or e.pos + batch_size > n:
             e.perm = torch.randperm(n, generator=e.gen).to(x.device)
             e.pos = 0
         idx = e.perm[e.pos:e.pos + batch_size]
         e.pos += batch_size
         xb = augment_batch(x[idx], track.augment, e.gen)
-        yb = y[idx]
-        e.optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(e.model(xb), yb)
-        loss.backward()
-        e.optimizer.step()
+        loss = train_step(e.model, e.method_obj, e.optimizer, objective, xb, y[idx], lr=lr,
+                          progress_after=lambda: (e.step + 1) / e.total_steps)
         e.step += 1
-        e.method_obj.post_step(e.model, min(e.step / e.total_steps, 1.0))
         if e.step % 20 == 0:  # the trainer reads the loss every 20 steps (a device sync)
             float(loss.detach())
 

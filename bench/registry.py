@@ -1,4 +1,4 @@
-"""Strict name -> object registries for methods, models and tracks.
+"""Strict name -> object registries for methods, models, tracks, metric families and training objectives.
 
 One dict per registry; a decorator registers; a duplicate name raises; an
 unknown name raises an error listing every available name and the closest
@@ -169,6 +169,10 @@ MODELS: Registry[Any] = Registry("model", builtin_modules=("bench.models",))
 METRIC_FAMILIES: Registry[Any] = Registry("metric family", builtin_packages=("bench.metrics.families",),
                                           entry_point_group="bench.metrics")
 TRACKS: Registry[Any] = Registry("track", builtin_modules=("bench.tracks",))
+#: Training objectives (:class:`bench.objective.Objective`): every module of ``bench/objectives/`` and the
+#: entry-point group ``bench.objectives``. Their modules must not import torch at import time.
+OBJECTIVES: Registry[Any] = Registry("objective", builtin_packages=("bench.objectives",),
+                                    entry_point_group="bench.objectives")
 
 
 def register_method(name: str | None = None):

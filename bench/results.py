@@ -102,8 +102,9 @@ def _normalise(row: dict[str, Any]) -> dict[str, Any]:
                     out[c] = cast(out[c])
                 except (TypeError, ValueError):
                     raise ResultsError(f"column {c!r} must be a number, got {out[c]!r}") from None
-    if isinstance(out.get("method_params"), dict):
-        out["method_params"] = json.dumps(out["method_params"], sort_keys=True)
+    for c in ("method_params", "objective_params"):
+        if isinstance(out.get(c), dict):
+            out[c] = json.dumps(out[c], sort_keys=True)
     return out
 
 
@@ -217,10 +218,24 @@ def read_results(results_dir: str | os.PathLike, *, on_skip=None):
     for c in REQUIRED_COLUMNS + PROVENANCE_COLUMNS:
         if c not in df.columns:
             df[c] = None
+    df = with_objective(df)
     for c in (c for c in float_columns() if c in df.columns):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
     for c in (c for c in int_columns() if c in df.columns):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
+    return df
+
+
+def with_objective(df):
+    """``df`` with ``objective`` and ``objective_params`` filled in: rows written before objectives
+    existed were trained with the clean cross-entropy, ``'standard'`` with no parameters."""
+    from bench.objective import DEFAULT_OBJECTIVE
+
+    for c, default in (("objective", DEFAULT_OBJECTIVE), ("objective_params", "{}")):
+        if c not in df.columns:
+            df[c] = default
+        else:
+            df[c] = df[c].astype(object).where(df[c].notna() & (df[c].astype(object) != ""), default)
     return df
 
 

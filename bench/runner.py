@@ -13,8 +13,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench.config import RunConfig, Track
+from bench.config import EvalProtocol, RunConfig, Track
 from bench.method import BuildContext, Method, MethodSkipped, OptimHP, parse_params, params_id, params_to_dict
+from bench.objective import DEFAULT_OBJECTIVE, make_objective
 from bench.registry import METHODS, TRACKS
 from bench.results import check_writable, new_run_id, write_row
 
@@ -38,32 +39,43 @@ class Prepared:
     budget_seconds: float | None
     compression: float
     n_eval: int
+    objective: Any = None  # a bench.objective.Objective, its parameters resolved (eps from the track)
 
     @property
     def batch_size(self) -> int:
         return self.cfg.batch_size or self.track.batch_size
 
+    @property
+    def eval_protocol(self) -> EvalProtocol:
+        return eval_protocol_for(self.track, self.objective.eps if self.objective.adversarial else None)
+
     def key(self) -> tuple:
         """What makes two runs the same configuration (the seed included): the track, method and
         parameters after defaults, the compression, the budget and the evaluation size."""
         return run_key(self.track.name, self.cfg.method, params_to_dict(self.params), self.compression,
-                       self.cfg.seed, self.epochs, self.budget_seconds, self.n_eval, self.cfg.skip_attacks)
+                       self.cfg.seed, self.epochs, self.budget_seconds, self.n_eval, self.cfg.skip_attacks,
+                       self.cfg.objective, params_to_dict(self.objective.params))
 
     def config_id(self) -> str:
         return config_id_of(self.key())
 
 
-def run_key(track, method, params, compression, seed, epochs, budget_seconds, n_eval, skip_attacks) -> tuple:
-    return (track, method, json.dumps(params or {}, sort_keys=True),
-            round(float(compression), 6) if compression is not None else None, int(seed),
-            epochs, budget_seconds, n_eval, bool(skip_attacks))
+def run_key(track, method, params, compression, seed, epochs, budget_seconds, n_eval, skip_attacks,
+            objective: str = DEFAULT_OBJECTIVE, objective_params: dict | None = None) -> tuple:
+    key = (track, method, json.dumps(params or {}, sort_keys=True),
+           round(float(compression), 6) if compression is not None else None, int(seed),
+           epochs, budget_seconds, n_eval, bool(skip_attacks))
+    if objective != DEFAULT_OBJECTIVE:  # only then: every clean-trained row keeps the id it was written with
+        key += (objective, json.dumps(objective_params or {}, sort_keys=True))
+    return key
 
 
 def key_of_row(track: str, method: str, seed, resolved: dict) -> tuple:
     """The key of a written row, from its ``config_json`` (rows written before ``config_id`` existed)."""
     return run_key(track, method, resolved.get("method_params", {}), resolved.get("compression_target"), seed,
                    resolved.get("epochs"), resolved.get("budget_seconds"), resolved.get("n_eval"),
-                   resolved.get("run", {}).get("skip_attacks", False))
+                   resolved.get("run", {}).get("skip_attacks", False),
+                   resolved.get("objective", DEFAULT_OBJECTIVE), resolved.get("objective_params"))
 
 
 def config_id_of(key: tuple) -> str:
@@ -80,6 +92,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     if not (isinstance(method_cls, type) and issubclass(method_cls, Method)):
         raise TypeError(f"method {cfg.method!r} is not a bench.method.Method subclass")
     params = parse_params(method_cls.Params, cfg.method_params)
+    objective = make_objective(cfg.objective, cfg.objective_params, track.adv_eps)
     reason = method_cls.skip(track)
     if reason:
         raise MethodSkipped(f"method {cfg.method!r} does not run on track {track.name!r}: {reason}")
@@ -101,7 +114,18 @@ def prepare(cfg: RunConfig) -> Prepared:
         raise ValueError(f"--n-eval must be >= 0, got {n_eval}")
     if cfg.aa_version not in (None, "standard", "plus"):
         raise ValueError(f"--aa-version must be 'standard' or 'plus', got {cfg.aa_version!r}")
-    return Prepared(cfg, track, method_cls, params, epochs, budget_seconds, compression, n_eval)
+    return Prepared(cfg, track, method_cls, params, epochs, budget_seconds, compression, n_eval, objective)
+
+
+def eval_protocol_for(track: Track, adv_eps: float | None) -> EvalProtocol:
+    """The track's protocol; for an adversarially trained model (``adv_eps``: its training ε) the
+    headline AutoAttack ε becomes the training ε, the rest of the Linf curve around it kept."""
+    if adv_eps is None:
+        return track.eval
+    import dataclasses as dc
+
+    return dc.replace(track.eval, headline_eps=float(adv_eps),
+                      linf_eps=tuple(sorted(set(track.eval.linf_eps) | {float(adv_eps)})))
 
 
 def input_normalization(track: Track, data) -> tuple[list[float], list[float]]:
@@ -273,7 +297,10 @@ def _describe(cfg: RunConfig, p: Prepared, device) -> tuple[dict[str, Any], dict
         "epochs": p.epochs, "budget_seconds": p.budget_seconds,
         "compression_target": p.compression, "n_eval": p.n_eval, "device": str(device),
         "batch_size": p.batch_size,
+        "objective": p.cfg.objective, "objective_params": params_to_dict(p.objective.params),
     }
+    if p.objective.adversarial:  # the protocol this run is evaluated with replaces the track's
+        resolved["eval_protocol"] = dataclasses.asdict(p.eval_protocol)
     row: dict[str, Any] = {
         "run_id": new_run_id(), "status": "ok", "error": None,
         "method": cfg.method, "method_params": json.dumps(params_to_dict(p.params), sort_keys=True),
@@ -283,6 +310,7 @@ def _describe(cfg: RunConfig, p: Prepared, device) -> tuple[dict[str, Any], dict
         "compression_target": p.compression, "device": str(device),
         "budget_epochs": p.epochs, "budget_seconds": p.budget_seconds, "deterministic": bool(cfg.deterministic),
         "sweep_id": cfg.sweep_id, "config_id": p.config_id(),
+        "objective": cfg.objective, "objective_params": json.dumps(params_to_dict(p.objective.params), sort_keys=True),
         "config_json": json.dumps(resolved, sort_keys=True, default=str),
     }
     row.update(provenance(device))
@@ -309,11 +337,15 @@ def _train(cfg: RunConfig, p: Prepared, model, method: Method, data, device, res
     track = p.track
     hp = OptimHP(lr=track.lr, momentum=track.momentum, weight_decay=track.weight_decay, nesterov=track.nesterov)
     ckpt_path = checkpoint_path(cfg.results_dir, p.config_id())
+    # the catastrophic-overfitting monitor needs the attack's ε (an objective without one has none)
+    eps = p.objective.eps if p.objective.adversarial else None
+    monitor = pgd_monitor(data, eps, device, cfg.seed) if eps is not None else None
     stats = train(model, method, data.x_train, data.y_train, hp=hp,
                   budget=Budget(epochs=p.epochs, seconds=p.budget_seconds), batch_size=p.batch_size,
                   lr_milestones=track.lr_milestones, lr_gamma=track.lr_gamma, augment=track.augment,
                   seed=cfg.seed, device=device, progress=cfg.progress,
-                  checkpoint=Checkpointing(ckpt_path, identity=training_identity(resolved)))
+                  checkpoint=Checkpointing(ckpt_path, identity=training_identity(resolved)),
+                  objective=p.objective, monitor=monitor)
     if stats.resumed_from_step:
         log(f"  resumed training from the checkpoint at step {stats.resumed_from_step} ({ckpt_path.name})")
     method.finalize(model)
@@ -321,7 +353,12 @@ def _train(cfg: RunConfig, p: Prepared, model, method: Method, data, device, res
     row.update(store_model(model, method, cfg, row["run_id"]))
     row.update(epochs=stats.epochs, steps=stats.steps, train_seconds=stats.train_seconds,
                images_per_second=stats.images_per_second, stopped_by=stats.stopped_by,
-               final_train_loss=stats.last_loss, resumed_from_step=stats.resumed_from_step)
+               final_train_loss=stats.last_loss, resumed_from_step=stats.resumed_from_step,
+               train_forward_passes=stats.forward_passes, train_backward_passes=stats.backward_passes)
+    if stats.monitor_curve is not None:
+        from bench.objective import collapsed
+
+        row.update(train_pgd_curve=stats.monitor_curve, catastrophic_overfitting=collapsed(stats.monitor_curve))
     row["n_params"] = inference_param_count(model)
     row["compression"] = compression_of(row["n_params"], row["n_params_dense"])
     details = method.describe(model)
@@ -341,7 +378,7 @@ def _evaluate(cfg: RunConfig, p: Prepared, model, data, device, model_kwargs: di
                        state_dir=state_dir_for(cfg.results_dir, p.config_id()),
                        dense_factory=lambda: build_model(p.track.arch, **model_kwargs),
                        progress=cfg.progress, seed=cfg.seed)
-    return evaluate(model, data, p.track.eval, ectx)
+    return evaluate(model, data, p.eval_protocol, ectx)
 
 
 def _write(cfg: RunConfig, row: dict) -> Path:
@@ -455,7 +492,9 @@ def evaluate_stored(run_id: str, results_dir="results", *, n_eval: int | None = 
             who = claim.owner() or {}
             raise RunBusy(f"run {parent['run_id']} is already being re-evaluated on this results directory "
                           f"(host {who.get('host', '?')}, pid {who.get('pid', '?')}); wait for it")
-        row.update(evaluate(model, data, track.eval, ectx))
+        adv = resolved.get("objective", DEFAULT_OBJECTIVE) != DEFAULT_OBJECTIVE
+        row.update(evaluate(model, data, eval_protocol_for(track, resolved["objective_params"].get("eps") if adv else None),
+                            ectx))
         return row, write_row(row, results_dir)
 
 
@@ -465,7 +504,26 @@ _TRAINING_COLUMNS = (
     "compression", "n_params", "n_params_dense", "budget_epochs", "budget_seconds", "deterministic", "epochs",
     "steps", "train_seconds", "images_per_second", "stopped_by", "final_train_loss", "resumed_from_step",
     "method_details", "data_source", "n_train", "n_val", "model_path", "model_sha256",
+    "objective", "objective_params", "train_forward_passes", "train_backward_passes", "train_pgd_curve",
+    "catastrophic_overfitting",
 )
+
+
+#: held-out validation points the catastrophic-overfitting monitor attacks after every epoch
+MONITOR_POINTS = 256
+MONITOR_STEPS = 10
+
+
+def pgd_monitor(data, eps: float, device, seed: int):
+    """PGD accuracy (Linf ``eps``, 10 steps of 2.5ε/10, random start) on the first 256 validation
+    points (the test points when there is no validation split): the per-epoch curve that shows
+    catastrophic overfitting (Wong et al. 2020), where FGSM training's PGD accuracy collapses."""
+    from bench.metrics.attacks import attack_curve
+
+    x, y = (data.x_val, data.y_val) if len(data.y_val) else (data.x_test, data.y_test)
+    x, y = x[:MONITOR_POINTS], y[:MONITOR_POINTS]
+    return lambda model: attack_curve(model, x, y, [eps], attack="pgd", steps=MONITOR_STEPS, device=device,
+                                      seed=seed)[0]["acc"]
 
 
 def _is_na(v) -> bool:
@@ -496,7 +554,11 @@ def training_identity(resolved: dict) -> str:
     run = resolved["run"]
     ident = {k: resolved[k] for k in ("track", "method_params", "epochs", "budget_seconds", "compression_target",
                                       "batch_size")}
+    # adv_eps acts only through an objective's resolved parameters; a clean run's identity is as before
+    ident["track"] = {k: v for k, v in ident["track"].items() if k != "adv_eps"}
     ident.update(method=run["method"], seed=run["seed"])
+    if resolved.get("objective", DEFAULT_OBJECTIVE) != DEFAULT_OBJECTIVE:
+        ident.update(objective=resolved["objective"], objective_params=resolved["objective_params"])
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -22,7 +22,7 @@ import pandas as pd
 from bench.stats import Z95, wilson_interval  # noqa: F401 - re-exported for the leaderboard
 
 #: what makes runs one configuration (their seeds are averaged); see also ``config_id`` (one per seed)
-GROUP_KEYS = ["track", "method", "method_params", "compression_target"]
+GROUP_KEYS = ["track", "objective", "objective_params", "method", "method_params", "compression_target"]
 
 
 def metrics() -> list[str]:
@@ -77,7 +77,9 @@ def aggregate(df: pd.DataFrame, *, include_failed: bool = False) -> pd.DataFrame
     """
     if df is None or df.empty or "status" not in df.columns:
         return pd.DataFrame()
-    df = df.copy()
+    from bench.results import with_objective
+
+    df = with_objective(df.copy())
     for c in GROUP_KEYS:
         if c not in df.columns:
             df[c] = None
@@ -137,7 +139,7 @@ def aggregate(df: pd.DataFrame, *, include_failed: bool = False) -> pd.DataFrame
         out["method_id"] = out["method_id"].where(out["method_id"].notna(), out["_any_id"])
         out = out.drop(columns="_any_id")
     out["method_id"] = out["method_id"].where(out["method_id"].notna(), out["method"])
-    return out.sort_values(["track", "method", "compression_target", "method_params"], na_position="first",
+    return out.sort_values(["track", "objective", "method", "compression_target", "method_params"], na_position="first",
                            kind="stable").reset_index(drop=True)
 
 
@@ -180,9 +182,10 @@ def summary_table(df: pd.DataFrame, per_run: bool = False) -> pd.DataFrame:
         return _per_run_table(df, cols)
     agg = aggregate(df)
     rows = []
+    adversarial = bool(len(agg)) and (agg["objective"] != "standard").any()
     for _, r in agg.iterrows():
         target = r["compression_target"]
-        row = {"track": r["track"], "method": r["method"],
+        row = {"track": r["track"], **({"objective": objective_text(r)} if adversarial else {}), "method": r["method"],
                "params": r["method_params"] if r["method_params"] not in ("{}", "") else "",
                "target": f"{target:.2f}" if target != "" and not pd.isna(target) else ""}
         for c in cols:
@@ -225,13 +228,31 @@ def bracket_lines(df: pd.DataFrame) -> list[str]:
     return out
 
 
+def objective_text(r) -> str:
+    """``pgd_at[alpha=0.075,eps=0.3,steps=10]`` from a row's ``objective`` and ``objective_params``."""
+    import json
+
+    params = r.get("objective_params")
+    try:
+        d = json.loads(params) if isinstance(params, str) and params else {}
+    except json.JSONDecodeError:
+        d = {}
+    inner = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(d.items()))
+    return f"{r.get('objective') or 'standard'}" + (f"[{inner}]" if inner else "")
+
+
 def _points_label(c) -> str:
     return f"{c.points_label or c.points} pts"
 
 
 def _per_run_table(df: pd.DataFrame, cols) -> pd.DataFrame:
-    runs = df.copy()
+    from bench.results import with_objective
+
+    runs = with_objective(df.copy())
     out = ["run_id", "status", "track", "method", "seed"]
+    if (runs["objective"] != "standard").any():
+        runs["objective"] = [objective_text(r) for r in runs.to_dict("records")]
+        out.insert(3, "objective")
     for c in cols:
         if c.points:
             for part in (c.name, f"{c.name}_ci_low", f"{c.name}_ci_high", c.points):

@@ -19,6 +19,12 @@ def parse_methods(text: str) -> list[MethodSpec]:
     Commas inside ``[...]`` separate parameters, commas outside separate methods. Values stay
     strings; the method's ``Params`` parses and validates them (as for ``--param``).
     """
+    return parse_specs(text, "--methods")
+
+
+def parse_specs(text: str, what: str) -> list[MethodSpec]:
+    """``NAME[KEY=VALUE,...]`` items separated by commas outside brackets (methods, objectives);
+    ``what`` names the flag in errors."""
     specs, depth, start = [], 0, 0
     for i, ch in enumerate(text + ","):
         if ch == "[":
@@ -26,28 +32,28 @@ def parse_methods(text: str) -> list[MethodSpec]:
         elif ch == "]":
             depth -= 1
             if depth < 0:
-                raise ValueError(f"--methods: unbalanced ']' in {text!r}")
+                raise ValueError(f"{what}: unbalanced ']' in {text!r}")
         elif ch == "," and depth == 0:
             item = text[start:i].strip()
             start = i + 1
             if item:
-                specs.append(_parse_one(item))
+                specs.append(_parse_one(item, what))
     if depth:
-        raise ValueError(f"--methods: unclosed '[' in {text!r}")
+        raise ValueError(f"{what}: unclosed '[' in {text!r}")
     if not specs:
-        raise ValueError("--methods: no method given")
+        raise ValueError(f"{what}: nothing given")
     return specs
 
 
-def _parse_one(item: str) -> MethodSpec:
+def _parse_one(item: str, what: str) -> MethodSpec:
     if "[" not in item:
         return item, {}
     name, rest = item.split("[", 1)
     if not rest.endswith("]") or "[" in rest:
-        raise ValueError(f"--methods: expected NAME[KEY=VALUE,...], got {item!r}")
+        raise ValueError(f"{what}: expected NAME[KEY=VALUE,...], got {item!r}")
     from bench.method import parse_assignments
 
-    params = parse_assignments([kv for kv in rest[:-1].split(",") if kv.strip()], what=f"--methods {item!r}")
+    params = parse_assignments([kv for kv in rest[:-1].split(",") if kv.strip()], what=f"{what} {item!r}")
     return name.strip(), params
 
 
@@ -59,6 +65,7 @@ def load_sweep_file(path, parser) -> dict:
         methods = ["dense", "vanilla_lowrank", "robust_lowrank[mode=mean]"]
         compressions = [0.5, 0.8]
         seeds = [0, 1, 2]
+        objectives = ["standard", "pgd_at[eps=0.3,steps=10]"]
         threads = 1
         data-dir = "../shared/data"
 
@@ -82,7 +89,7 @@ def load_sweep_file(path, parser) -> dict:
             raise ValueError(f"sweep file {path}: unknown key {key!r}; allowed: {allowed}")
         action = actions[dest]
         if isinstance(value, list):
-            if dest not in ("methods", "tracks", "compressions", "seeds"):
+            if dest not in ("methods", "tracks", "compressions", "seeds", "objectives"):
                 raise ValueError(f"sweep file {path}: {key!r} takes one value, got a list")
             if not value:
                 raise ValueError(f"sweep file {path}: {key!r} is an empty list")
@@ -104,15 +111,18 @@ def load_sweep_file(path, parser) -> dict:
 
 
 def expand(base: RunConfig, methods: Iterable[str | MethodSpec], compressions: Iterable[float | None],
-           seeds: Iterable[int]) -> list[RunConfig]:
-    """The grid, seed-major: every method and compression of seed 0, then of seed 1, ...
+           seeds: Iterable[int], objectives: Iterable[MethodSpec] | None = None) -> list[RunConfig]:
+    """The grid, seed-major: every objective, method and compression of seed 0, then of seed 1, ...
+    (``objectives`` None: the base config's).
 
     So a sweep stopped midway leaves whole seeds, comparable across methods, not all seeds of
     the first methods and none of the rest.
     """
     specs = [(m, {}) if isinstance(m, str) else m for m in methods]
-    return [dataclasses.replace(base, method=m, method_params=dict(p), compression=c, seed=s)
-            for s, (m, p), c in itertools.product(seeds, specs, compressions)]
+    objs = list(objectives) if objectives is not None else [(base.objective, base.objective_params)]
+    return [dataclasses.replace(base, method=m, method_params=dict(p), compression=c, seed=s, objective=o,
+                                objective_params=dict(op))
+            for s, (o, op), (m, p), c in itertools.product(seeds, objs, specs, compressions)]
 
 
 def done_keys(results_dir) -> set[str]:

@@ -30,6 +30,10 @@ _CIFAR_EVAL = EvalProtocol(
     pgd_l2_eps=(0.1, 0.3, 0.5),  # the paper's headline L2-PGD is ε = 0.3
 )
 
+# The ε of adversarial training and of its headline AutoAttack: the standard threat models
+# (MNIST 0.3, Madry et al. 2018; CIFAR-10 8/255, RobustBench).
+_MNIST_ADV = 0.3
+
 # The CondLR paper's protocol (its public code; REFERENCE.md §2): SGD, weight decay 0, batch 128,
 # 120 epochs, lr x0.3 at epochs 70 and 100, 25% of the training set held out.
 _PAPER = dict(batch_size=128, weight_decay=0.0, lr_milestones=(70 / 120, 100 / 120), lr_gamma=0.3,
@@ -72,39 +76,40 @@ _BUILTIN = [
             fgsm_eps=(0.0, 0.05, 0.1, 0.15, 0.2), pgd_linf_eps=(0.05, 0.1, 0.2),
             pgd_l2_eps=(0.25, 0.5, 1.0), sensitivity_points=32,
         ),
+        adv_eps=0.1,
     ),
     Track(
         name="mnist-lenet5", dataset="mnist", arch="lenet5",
         description=f"MNIST, {_LENET}; SGD lr 0.1, momentum 0.3, 120 epochs",
-        lr=0.1, momentum=0.3, normalization="none", compression=0.5, eval=_MNIST_EVAL,
+        lr=0.1, momentum=0.3, normalization="none", compression=0.5, eval=_MNIST_EVAL, adv_eps=_MNIST_ADV,
         reference=_PAPER_REF, **_PAPER,
     ),
     Track(
         name="mnist-lenet5-e10", dataset="mnist", arch="lenet5",
         description=f"MNIST, {_LENET}; SGD lr 0.1, momentum 0.3, 10 epochs",
         lr=0.1, momentum=0.3, normalization="none", compression=0.5,
-        eval=dataclasses.replace(_MNIST_EVAL, n_eval=500),
+        eval=dataclasses.replace(_MNIST_EVAL, n_eval=500), adv_eps=_MNIST_ADV,
         reference=_PAPER_REF, differs="10 epochs instead of 120 (lr x0.3 at the same fractions: epochs 5.8 and 8.3)",
         **{**_PAPER, "epochs": 10},
     ),
     Track(
         name="fashion-lenet5", dataset="fashion_mnist", arch="lenet5",
         description=f"Fashion-MNIST, {_LENET}; the MNIST track's optimizer, 10 epochs",
-        lr=0.1, momentum=0.3, normalization="none", compression=0.5, eval=_MNIST_EVAL,
+        lr=0.1, momentum=0.3, normalization="none", compression=0.5, eval=_MNIST_EVAL, adv_eps=_MNIST_ADV,
         differs="no published counterpart", **{**_PAPER, "epochs": 10},
     ),
     Track(
         name="cifar10-vgg16", dataset="cifar10", arch="vgg16",
         description=f"CIFAR-10, {_VGG}; SGD lr 0.05, momentum 0.45, crop+flip, 120 epochs",
         lr=0.05, momentum=0.45, augment="crop_flip", normalization=_CIFAR_NORM, compression=0.5,
-        eval=_CIFAR_EVAL, reference=_PAPER_REF, **_PAPER,
+        eval=_CIFAR_EVAL, adv_eps=8 / 255, reference=_PAPER_REF, **_PAPER,
     ),
     Track(
         name="cifar10-vgg16-subset", dataset="cifar10", arch="vgg16",
         description=f"CIFAR-10 15,000 training images (the first 1,500 of each class), {_VGG}; SGD lr 0.05, momentum 0.45, crop+flip, "
                     "10 epochs",
         lr=0.05, momentum=0.45, augment="crop_flip", normalization=_CIFAR_NORM, compression=0.5,
-        train_subset=15000, eval=_CIFAR_EVAL, reference=_PAPER_REF,
+        train_subset=15000, eval=_CIFAR_EVAL, adv_eps=8 / 255, reference=_PAPER_REF,
         differs="15,000 of 50,000 training images, the first 1,500 of each class (11,250 after the 25% hold-out); 10 epochs "
                 "instead of 120 (lr x0.3 at the same fractions); for the GPU check",
         **{**_PAPER, "epochs": 10},
@@ -126,7 +131,7 @@ _BUILTIN = [
         description="CIFAR-10, WideResNet-16-4 (pre-activation, LeakyReLU 0.01); SGD lr 0.08, momentum 0.5, "
                     "crop+flip, 120 epochs",
         lr=0.08, momentum=0.5, augment="crop_flip", normalization=_CIFAR_NORM, compression=0.5,
-        eval=_CIFAR_EVAL, reference=_PAPER_REF,
+        eval=_CIFAR_EVAL, adv_eps=8 / 255, reference=_PAPER_REF,
         differs="the block layout and initialisation are ours; the paper's WRN code was not checked against it",
         **_PAPER,
     ),

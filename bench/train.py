@@ -1,7 +1,9 @@
 """The training loop. It owns the data order, augmentation, batch size,
 learning-rate schedule and the budget; the method only supplies the model,
-the optimizer over its parameters and a post-step hook. No method can spend
-more epochs or seconds than the budget, because only this loop steps."""
+the optimizer over its parameters and a post-step hook; the objective
+(:mod:`bench.objective`) supplies the loss and the training attack, which this loop
+runs the same way for every method. No method can spend more epochs or seconds than
+the budget, because only this loop steps."""
 
 from __future__ import annotations
 
@@ -52,6 +54,9 @@ class TrainStats:
     last_loss: float
     stopped_by: str  # 'epochs' | 'seconds'
     resumed_from_step: int = 0  # 0: trained from scratch; else the checkpoint's step it continued from
+    forward_passes: int = 0  # passes of the model over a training batch, the attack's included
+    backward_passes: int = 0
+    monitor_curve: list | None = None  # the monitor's value after each epoch (and at the end), when one was given
 
 
 def synchronize(device: torch.device) -> None:
@@ -145,11 +150,42 @@ def load_checkpoint(path) -> dict | None:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def train_step(model: torch.nn.Module, method: Method, optimizer, objective, xb: torch.Tensor, yb: torch.Tensor, *,
+               lr: float, progress_after) -> torch.Tensor:
+    """One optimizer step, the same for `bench run` (:func:`train`) and `bench perf`: the scheduled
+    ``lr`` (× each group's ``lr_scale``), the objective's attack, zeroed gradients, the objective's
+    loss, backward, ``optimizer.step()``, then ``method.post_step(model, progress_after())``.
+
+    An adversarial objective generates its batch in eval mode (docs/objectives.md says why) with
+    gradients w.r.t. the input only; the gradients are zeroed after it anyway, so whatever an
+    objective computes while generating never reaches the optimizer or ``post_step``.
+    """
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g["lr_scale"]
+    x_adv = None
+    if objective.adversarial:
+        model.eval()
+        with torch.enable_grad():
+            x_adv = objective.generate(model, xb, yb)
+        model.train()
+    optimizer.zero_grad(set_to_none=True)
+    loss = objective.loss(model, xb, yb, x_adv)
+    loss.backward()
+    optimizer.step()
+    method.post_step(model, min(progress_after(), 1.0))
+    return loss
+
+
 def train(model: torch.nn.Module, method: Method, x_train: torch.Tensor, y_train: torch.Tensor, *,
           hp: OptimHP, budget: Budget, batch_size: int, lr_milestones=(), lr_gamma: float = 1.0,
           augment: str = "none", seed: int = 0, device: torch.device, progress: bool = True,
-          checkpoint: Checkpointing | None = None) -> TrainStats:
+          checkpoint: Checkpointing | None = None, objective=None, monitor=None) -> TrainStats:
     """Train ``model`` in place within ``budget``. Data order and augmentation depend only on ``seed``.
+
+    ``objective`` (a :class:`bench.objective.Objective`; default ``standard``) is the loss each step
+    descends (:func:`train_step`). ``monitor(model) -> float``, when given, is called in eval mode
+    after every epoch and at the end of training; its values are ``TrainStats.monitor_curve`` and
+    its time is not training time (the clock, and so a seconds budget, pause while it runs).
 
     With ``checkpoint``, an existing checkpoint file is resumed from (``TrainStats.resumed_from_step``)
     and a new one is kept as training goes (see :class:`Checkpointing`); the caller deletes it
@@ -164,6 +200,10 @@ def train(model: torch.nn.Module, method: Method, x_train: torch.Tensor, y_train
         raise BudgetError("the training split is empty")
     steps_per_epoch = math.ceil(n / batch_size)
     total_steps = total_steps_of(n, batch_size, budget.epochs)
+    if objective is None:
+        from bench.objective import make_objective
+
+        objective = make_objective("standard", {})
     optimizer = build_optimizer(method, model, hp)
     gen = torch.Generator().manual_seed(seed)
     x_dev = x_train.to(device)
@@ -175,6 +215,7 @@ def train(model: torch.nn.Module, method: Method, x_train: torch.Tensor, y_train
     spent = 0.0  # training seconds before this process (a resumed run)
     perm, pos = None, steps_per_epoch  # the epoch's data order and the next batch in it
     resumed_from = 0
+    curve: list[float] = []
     saved = load_checkpoint(checkpoint.path) if checkpoint is not None else None
     if saved is not None and saved.get("identity", "") != checkpoint.identity:
         warnings.warn(f"checkpoint {checkpoint.path} belongs to another training configuration "
@@ -191,6 +232,7 @@ def train(model: torch.nn.Module, method: Method, x_train: torch.Tensor, y_train
         step, images, spent = int(saved["step"]), int(saved["images"]), float(saved["train_seconds"])
         progress_frac, pos = float(saved["progress"]), int(saved["pos"])
         perm = saved["perm"].to(device) if saved.get("perm") is not None else None
+        curve = [float(v) for v in saved.get("monitor_curve", [])]
         resumed_from = step
     model.train()
 
@@ -211,7 +253,29 @@ def train(model: torch.nn.Module, method: Method, x_train: torch.Tensor, y_train
             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             "step": step, "images": images, "train_seconds": spent + elapsed, "progress": progress_frac,
             "pos": pos, "perm": perm.cpu() if perm is not None else None, "identity": checkpoint.identity,
+            "monitor_curve": list(curve),
         })
+
+    def progress_after() -> float:
+        """The fraction of the budget spent once the running step is done (for ``post_step``)."""
+        nonlocal elapsed, progress_frac
+        frac_steps = (step + 1) / total_steps if total_steps else 0.0
+        if budget.seconds is not None:
+            synchronize(device)
+            elapsed = spent + time.perf_counter() - t0
+            progress_frac = max(frac_steps, elapsed / budget.seconds)
+        else:
+            progress_frac = frac_steps
+        return progress_frac
+
+    def run_monitor() -> float:
+        """The monitor's value, in eval mode; returns the seconds it took (kept off the clock)."""
+        t = time.perf_counter()
+        model.eval()
+        curve.append(float(monitor(model)))
+        model.train()
+        synchronize(device)
+        return time.perf_counter() - t
 
     bar = tqdm(total=total_steps, initial=step, disable=not progress, desc="train", unit="step", leave=False,
                dynamic_ncols=True)
@@ -230,27 +294,14 @@ def train(model: torch.nn.Module, method: Method, x_train: torch.Tensor, y_train
                 perm, pos = torch.randperm(n, generator=gen).to(device), 0
             while pos < steps_per_epoch:
                 lr = lr_at(progress_frac, hp.lr, lr_milestones, lr_gamma)
-                for g in optimizer.param_groups:
-                    g["lr"] = lr * g["lr_scale"]
                 idx = perm[pos * batch_size:(pos + 1) * batch_size]
                 xb = augment_batch(x_dev[idx], augment, gen)
                 yb = y_dev[idx]
-                optimizer.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model(xb), yb)
-                loss.backward()
-                optimizer.step()
+                # post_step sees the progress *after* this step, so a schedule can reach 1.0 exactly
+                loss = train_step(model, method, optimizer, objective, xb, yb, lr=lr, progress_after=progress_after)
                 step += 1
                 pos += 1
                 images += len(idx)
-                # post_step sees the progress *after* this step, so a schedule can reach 1.0 exactly
-                frac_steps = step / total_steps if total_steps else 0.0
-                if budget.seconds is not None:
-                    synchronize(device)
-                    elapsed = spent + time.perf_counter() - t0
-                    progress_frac = max(frac_steps, elapsed / budget.seconds)
-                else:
-                    progress_frac = frac_steps
-                method.post_step(model, min(progress_frac, 1.0))
                 if step % 20 == 0 or progress_frac >= 1.0:  # the loss is read (a host sync) every 20 steps
                     last_loss = float(loss.detach())
                     if not math.isfinite(last_loss):
@@ -262,6 +313,8 @@ def train(model: torch.nn.Module, method: Method, x_train: torch.Tensor, y_train
                     done, stopped_by = True, "epochs"
                 elif budget.seconds is not None and elapsed >= budget.seconds:
                     done, stopped_by = True, "seconds"
+                if monitor is not None and (pos >= steps_per_epoch or done):
+                    t0 += run_monitor()  # after each epoch, and at the end of a budget that stops mid-epoch
                 if checkpoint is not None and not done and (
                         pos >= steps_per_epoch or sigterm["hit"]
                         or (checkpoint.every_steps and step % checkpoint.every_steps == 0)
@@ -284,8 +337,10 @@ def train(model: torch.nn.Module, method: Method, x_train: torch.Tensor, y_train
     if not math.isfinite(last_loss) and loss is not None:
         raise DivergedError(f"training diverged: loss {last_loss} at the last step {step}")
     model.eval()
+    fwd, bwd = objective.passes()
     return TrainStats(
         steps=step, epochs=step / steps_per_epoch, images=images, train_seconds=train_seconds,
         images_per_second=images / train_seconds if train_seconds > 0 else float("nan"),
         final_lr=lr, last_loss=last_loss, stopped_by=stopped_by, resumed_from_step=resumed_from,
+        forward_passes=step * fwd, backward_passes=step * bwd, monitor_curve=curve if monitor is not None else None,
     )

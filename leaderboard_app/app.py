@@ -309,6 +309,14 @@ def _sidebar(loaded: lbd.Loaded):
     tracks = list(counts.index)
     track = st.sidebar.selectbox("Track", tracks, format_func=lambda t: f"{t} ({counts[t]} runs)", key="track")
     in_track = runs[runs["track"] == track]
+    # Adversarially trained rows are never ranked against clean-trained ones: one objective at a time.
+    n_of = in_track["objective"].value_counts()
+    objectives = sorted(n_of.index, key=lambda o: (o != "standard", o))
+    objective = st.sidebar.selectbox(
+        "Training objective", objectives, key=f"objective::{track}", format_func=lambda o: f"{o} ({n_of[o]} runs)",
+        help="standard: clean cross-entropy; pgd_at, fgsm_rs, trades: adversarial training (docs/objectives.md). "
+             "Rows of different objectives are never ranked together.")
+    in_track = in_track[in_track["objective"] == objective]
     _track_caption(in_track)
     all_methods = sorted(in_track["method"].dropna().unique().tolist())
     methods = st.sidebar.multiselect("Methods", all_methods, default=all_methods, key=f"methods::{track}")
@@ -320,7 +328,7 @@ def _sidebar(loaded: lbd.Loaded):
         help="The published numbers (leaderboard_app/paper_reference.csv) for this track's dataset and "
              "architecture, drawn beside ours and labelled 'paper (reported)'; they are never ranked.")
     st.sidebar.caption(f"Results: `{loaded.results_dir}`")
-    return track, all_methods, methods, (lo, hi), hide_failed, sort_by, show_paper
+    return (track, objective), all_methods, methods, (lo, hi), hide_failed, sort_by, show_paper
 
 
 def _track_caption(in_track: pd.DataFrame) -> None:
@@ -355,8 +363,9 @@ def main() -> None:
         _empty_page(loaded)
         return
 
-    track, all_methods, methods, comp_range, hide_failed, sort_by, show_paper = _sidebar(loaded)
-    in_track = loaded.runs[loaded.runs["track"] == track]
+    (track, objective), all_methods, methods, comp_range, hide_failed, sort_by, show_paper = _sidebar(loaded)
+    show_paper = show_paper and objective == "standard"  # the paper's models were trained on clean data
+    in_track = loaded.runs[(loaded.runs["track"] == track) & (loaded.runs["objective"] == objective)]
     lb_all = lbd.leaderboard(in_track, include_failed=not hide_failed)
     lb = lbd.sort_table(lbd.filter_table(lb_all, methods=methods, compression=comp_range), sort_by)
     shown_runs = lbd.runs_of(in_track, lb, include_failed=not hide_failed)
@@ -376,7 +385,8 @@ def main() -> None:
 
     st.title(TITLE)
     _skipped_warnings(loaded)
-    st.caption(f"Track **{track}** · {len(lb)} of {len(lb_all)} configurations · {len(shown_runs)} runs shown"
+    st.caption(f"Track **{track}** · objective **{objective}** · {len(lb)} of {len(lb_all)} configurations · "
+               f"{len(shown_runs)} runs shown"
                + (f" · {n_failed} failed run(s) hidden" if hide_failed and n_failed else ""))
     _headline(lb, ok_lb, shown_runs, eps_label)
     picked = _table_section(lb, lb_all, shown_runs, track, eps_label, headline)

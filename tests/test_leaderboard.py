@@ -646,3 +646,18 @@ def test_app_shows_intervals_honest_labels_track_and_paper(cifar_runs, monkeypat
     assert layers["folded"].tolist() == ["BatchNorm after + input normalisation", "nothing"]
     at.selectbox(key="run").set_value(cifar_runs["old"]).run()
     _no_exception(at)
+
+
+def test_objective_is_a_filter_never_ranked_together(real_runs, tmp_path, monkeypatch):
+    """An adversarially trained row sits under its own objective; the default view is 'standard'."""
+    for p in real_runs.glob("*.parquet"):
+        shutil.copy(p, tmp_path)
+    write_row(_handmade(real_runs, objective="pgd_at", objective_params=json.dumps({"eps": 0.1, "steps": 3}),
+                        clean_acc=0.99), tmp_path)
+    at = _app(tmp_path, monkeypatch)
+    _no_exception(at)
+    assert at.selectbox(key="objective::digits-cnn").value == "standard"
+    assert (_table(at)["method"] == "dense").sum() == 1
+    at.selectbox(key="objective::digits-cnn").set_value("pgd_at").run()
+    _no_exception(at)
+    assert list(_table(at)["method"]) == ["dense"]
