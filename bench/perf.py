@@ -379,7 +379,7 @@ def cmd_perf(args) -> int:
             entries.append(_build(m, float(c), track, data, device, batch_size, args.seed))
             if args.cuda_graph and m == "robust_lowrank":
                 g = _build(m, float(c), track, data, device, batch_size, args.seed)
-                g.optimizer = g.optimizer.with_options(conditioner="newton_schulz", cuda_graph=True)
+                g.optimizer = g.optimizer.with_options(conditioner="newton_schulz", experimental="cuda_graph")
                 g.variant = "cuda_graph"
                 entries.append(g)
     dense = entries[[e.method for e in entries].index("dense")]

@@ -1,10 +1,10 @@
 """Time the CondLR optimizer step (bench.condlr.ManifoldSGD.step) alone, and its stages, against
-another version of bench/condlr.py, on one model, interleaved.
+another version of bench/condlr, on one model, interleaved.
 
 The model is robust_lowrank on a track at one compression, built as ``bench run`` builds it; one
 forward/backward on a batch of the track's size gives the gradients. Each round restores the same
 parameters and gradients, then times one ``step()`` of the current optimizer and one of the
-baseline (``--baseline REV``: bench/condlr.py as of that git revision, loaded from ``git show``),
+baseline (``--baseline REV``: bench/condlr as of that git revision, loaded from ``git show``),
 in alternating order. Medians over rounds, and the per-round ratio. ``--stages`` also times the
 current step's stages (projection, SGD, retraction, conditioning of S) per bucket.
 
@@ -15,13 +15,14 @@ current step's stages (projection, SGD, retraction, conditioning of S) per bucke
 
 ``--conditioner both`` times the current step with conditioner="eigh" against the same step with
 "newton_schulz" (bench.condlr.CONDITIONERS) instead of a git revision. ``--cuda-graph`` (CUDA only)
-times the step replayed from a CUDA graph (``ManifoldSGD(cuda_graph=True)``, conditioner
-newton_schulz) against the same step run eagerly, and checks that the two take the same step.
+times the step replayed from a CUDA graph (``ManifoldSGD(experimental="cuda_graph")``, experimental
+and never run on a GPU so far; conditioner newton_schulz) against the same step run eagerly, and
+checks that the two take the same step.
 
     python benchmarks/condlr_step.py --track cifar10-vgg16 --compression 0.5 0.8 --device cuda --cuda-graph
 
 ``--workers both`` (CPU, ``--threads`` 2 or more) times the step with its buckets on worker threads
-(``ManifoldSGD.cpu_workers``, the default) against the same step run one bucket after another.
+(``ManifoldSGD(experimental="cpu_workers")``) against the default step, one bucket after another.
 
     python benchmarks/condlr_step.py --track mnist-lenet5 --compression 0.5 0.8 --threads 2 --workers both
 
@@ -49,13 +50,32 @@ sys.path.insert(0, str(ROOT))
 
 
 def load_condlr(rev: str):
-    """bench/condlr.py as of git revision ``rev``, imported as a separate module."""
-    src = subprocess.run(["git", "show", f"{rev}:bench/condlr.py"], cwd=ROOT, check=True, capture_output=True,
-                         text=True).stdout
-    path = Path(tempfile.mkdtemp()) / f"condlr_{rev}.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location(f"condlr_{rev}", path)
+    """bench/condlr as of git revision ``rev`` (the module bench/condlr.py before the split, the
+    package bench/condlr/ after it), imported under a name of its own."""
+    def show(path: str) -> str:
+        return subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, check=True, capture_output=True,
+                              text=True).stdout
+
+    name = f"condlr_{rev}".replace("-", "_").replace("~", "_").replace("^", "_")
+    tree = subprocess.run(["git", "ls-tree", "--name-only", f"{rev}:bench"], cwd=ROOT, check=True,
+                          capture_output=True, text=True).stdout.split()
+    folder = Path(tempfile.mkdtemp())
+    if "condlr.py" in tree:
+        path = folder / f"{name}.py"
+        path.write_text(show("bench/condlr.py"))
+        spec = importlib.util.spec_from_file_location(name, path)
+    else:
+        package = folder / name
+        package.mkdir()
+        files = subprocess.run(["git", "ls-tree", "--name-only", f"{rev}:bench/condlr"], cwd=ROOT, check=True,
+                               capture_output=True, text=True).stdout.split()
+        for f in files:
+            if f.endswith(".py"):
+                (package / f).write_text(show(f"bench/condlr/{f}"))
+        spec = importlib.util.spec_from_file_location(name, package / "__init__.py",
+                                                      submodule_search_locations=[str(package)])
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # the package's relative imports find it there
     spec.loader.exec_module(mod)
     return mod
 
@@ -71,7 +91,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--track", default="mnist-lenet5")
     p.add_argument("--compression", type=float, nargs="+", default=[0.5])
-    p.add_argument("--baseline", default=None, help="git revision whose bench/condlr.py is the baseline")
+    p.add_argument("--baseline", default=None, help="git revision whose bench/condlr is the baseline")
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (timings synchronise the device)")
@@ -80,11 +100,11 @@ def main(argv=None) -> int:
                    help="how the current step conditions S (approx_orth); both: time the two, interleaved, "
                         "newton_schulz as the baseline column")
     p.add_argument("--cuda-graph", action="store_true",
-                   help="time the step replayed from a CUDA graph (conditioner newton_schulz) against the same "
-                        "step run eagerly; needs --device cuda")
-    p.add_argument("--workers", choices=["on", "off", "both"], default="on",
-                   help="CPU: the buckets on worker threads (ManifoldSGD.cpu_workers, on) or one after another "
-                        "(off); both: time the two, interleaved, 'off' as the baseline column")
+                   help="time the step replayed from a CUDA graph (experimental; conditioner newton_schulz) "
+                        "against the same step run eagerly; needs --device cuda")
+    p.add_argument("--workers", choices=["on", "off", "both"], default="off",
+                   help="CPU: the buckets on worker threads (experimental, on) or one after another (off, the "
+                        "default step); both: time the two, interleaved, 'off' as the baseline column")
     p.add_argument("--retraction", choices=["auto", "cholesky_qr2", "householder", "both"], default="auto",
                    help="the current step's QR kernel (ManifoldSGD retraction); both: time auto against "
                         "cholesky_qr2, interleaved, cholesky_qr2 as the baseline column")
@@ -127,14 +147,13 @@ def main(argv=None) -> int:
         if args.cuda_graph:
             cond = "newton_schulz"
         retraction = "auto" if args.retraction == "both" else args.retraction
-        opts = {"current": _optimizer(current, model, track, conditioner=cond, cuda_graph=args.cuda_graph,
-                                      retraction=retraction)}
-        opts["current"].cpu_workers = args.workers != "off"
-        if args.cuda_graph:
+        experimental = ["cuda_graph"] if args.cuda_graph else []
+        if args.workers != "off":
+            experimental.append("cpu_workers")
+        opts = {"current": _optimizer(current, model, track, conditioner=cond, retraction=retraction,
+                                      experimental=experimental)}
+        if args.cuda_graph or args.workers == "both":
             opts["baseline"] = _optimizer(current, model, track, conditioner=cond)
-        elif args.workers == "both":
-            opts["baseline"] = _optimizer(current, model, track, conditioner=cond)
-            opts["baseline"].cpu_workers = False
         elif args.retraction == "both":
             opts["baseline"] = _optimizer(current, model, track, conditioner=cond, retraction="cholesky_qr2")
         elif args.conditioner == "both":

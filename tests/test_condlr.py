@@ -17,6 +17,7 @@ from torch import nn
 from bench import condlr
 from bench.condlr import (ManifoldSGD, cholesky_qr, condition_s, condition_s_exact, effective_bound,
                           householder_qr)
+from bench.condlr.experimental import GraphedStep
 from bench.lowrank import LowRankConv2d, LowRankLinear, lowrank_layers
 from bench.method import BuildContext, OptimHP
 from bench.models import build_model
@@ -567,17 +568,17 @@ def test_newton_schulz_step_follows_the_eigh_step():
 
 
 def test_worker_threads_take_the_serial_step():
-    """With torch at 2 threads on the CPU the buckets run on worker threads (ManifoldSGD._each);
-    the steps equal the one-after-another steps, grad mode stays off in the workers, the caller's
-    thread count is restored, and an error in a worker reaches the caller."""
+    """With experimental "cpu_workers" and torch at 2 threads on the CPU the buckets run on worker
+    threads (ManifoldSGD._each); the steps equal the one-after-another steps of the default
+    optimizer, grad mode stays off in the workers, the caller's thread count is restored, and an
+    error in a worker reaches the caller."""
     _, model, size = _model("lenet5", 0.5, smooth=True)
     twin = copy.deepcopy(model)
     hp = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
-    serial = ManifoldSGD(model, [l for _, l in lowrank_layers(model)], **hp)
-    serial.cpu_workers = False
-    workers = ManifoldSGD(twin, [l for _, l in lowrank_layers(twin)], **hp)
-    assert workers._work < workers.cpu_workers_min_work  # LeNet5's step is mostly small ops: serial by default
-    workers.cpu_workers_min_work = 0.0
+    serial = ManifoldSGD(model, [l for _, l in lowrank_layers(model)], **hp)  # the default: no workers
+    workers = ManifoldSGD(twin, [l for _, l in lowrank_layers(twin)], experimental="cpu_workers", **hp)
+    assert workers._plan.work < workers._workers.min_work  # LeNet5's step is mostly small ops: serial even so
+    workers._workers.min_work = 0.0
     assert len(workers._buckets) + len(workers._core_buckets) >= 3
     data = _batches(size, batch=32)
     torch.set_num_threads(2)
@@ -586,7 +587,7 @@ def test_worker_threads_take_the_serial_step():
             _train(model, serial, data[step % 4:][:1], 1)
             _train(twin, workers, data[step % 4:][:1], 1)
             assert torch.get_num_threads() == 2
-        assert workers._pool is not None and serial._pool is None  # the workers did run
+        assert workers._workers.pool is not None and serial._workers is None  # the workers did run
         # float32 rounding apart: LAPACK's Householder QR rounds differently at 1 and 2 threads (about
         # 1e-6 of max |value| per step here; Cholesky-QR2 agrees to 1e-11)
         for name, b in twin.state_dict().items():
@@ -605,13 +606,13 @@ def test_worker_threads_take_the_serial_step():
 
 
 # --------------------------------------------------------------------------------------------
-# cuda_graph=True: the step a CUDA graph captures (static gradients, tensor lr), run eagerly here
+# experimental "cuda_graph": the step a CUDA graph captures (static gradients, tensor lr), run eagerly here
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode,nesterov,weight_decay", [("approx_orth", False, 5e-4), ("approx_orth", True, 5e-4),
                                                         ("mean", True, 0.0)])
 def test_static_step_takes_the_eager_step(mode, nesterov, weight_decay):
-    """ManifoldSGD._static_step (what cuda_graph=True captures: momentum SGD from static gradient
-    buffers and 0-dim lr tensors) takes the same steps as the eager step, through a changing lr,
+    """GraphedStep.static_step (what experimental "cuda_graph" captures: momentum SGD from static
+    gradient buffers and 0-dim lr tensors) takes the same steps as the eager step, through a changing lr,
     with the gradients of a new backward copied in each step (zero_grad(set_to_none=True))."""
     _, model, size = _model("lenet5", 0.5, smooth=True, mode=mode)
     twin = copy.deepcopy(model)
@@ -619,6 +620,7 @@ def test_static_step_takes_the_eager_step(mode, nesterov, weight_decay):
               conditioner="newton_schulz")
     opt = ManifoldSGD(model, [l for _, l in lowrank_layers(model)], **hp)
     static = ManifoldSGD(twin, [l for _, l in lowrank_layers(twin)], **hp)
+    graph = GraphedStep(static)  # on the CPU: only run eagerly, never captured
     data = _batches(size, batch=32)
     start = copy.deepcopy(twin.state_dict())
     for step in range(5):
@@ -630,16 +632,16 @@ def test_static_step_takes_the_eager_step(mode, nesterov, weight_decay):
             F.cross_entropy(m(x), y).backward()
         opt.step()
         if step == 0:
-            assert not static._prepare_static()  # no momentum buffer yet: the first step is eager
+            assert not graph.prepare()  # no momentum buffer yet: the first step is eager
             static.step()
             continue
         if step == 1:
-            assert static._prepare_static()
+            assert graph.prepare()
         else:
-            static._load_static_inputs()
-        assert all(p.grad is g for p, g in zip(static._graph_params(), static._static_grads))
+            graph.load_inputs()
+        assert all(p.grad is g for p, g in zip(graph.params(), graph.static_grads))
         with torch.no_grad():
-            static._static_step()
+            graph.static_step()
         _assert_on_constraint_set(twin, 1.5 if mode == "approx_orth" else 1.0, f"step {step}")
         for name, b in twin.state_dict().items():
             a = model.state_dict()[name]
@@ -648,11 +650,12 @@ def test_static_step_takes_the_eager_step(mode, nesterov, weight_decay):
 
 
 def test_cuda_graph_is_refused_where_it_cannot_work():
-    """cuda_graph=True needs a step without host synchronisation and parameters on a CUDA device;
-    anything else is a clear error at construction, not a failed capture later."""
+    """Experimental "cuda_graph" needs a step without host synchronisation and parameters on a CUDA
+    device ("cpu_workers" the CPU); anything else, an unknown feature included, is a clear error at
+    construction, not a failed capture later."""
     _, model, _ = _model("lenet5", 0.5)
     layers = [l for _, l in lowrank_layers(model)]
-    hp = dict(lr=0.1, momentum=0.9, weight_decay=5e-4, cuda_graph=True)
+    hp = dict(lr=0.1, momentum=0.9, weight_decay=5e-4, experimental=("cuda_graph",))
     with pytest.raises(ValueError, match="newton_schulz"):
         ManifoldSGD(model, layers, **hp)  # approx_orth with eigh
     with pytest.raises(ValueError, match="newton_schulz"):
@@ -661,7 +664,7 @@ def test_cuda_graph_is_refused_where_it_cannot_work():
         with pytest.raises(ValueError, match="CUDA device"):
             ManifoldSGD(model, layers, **kw, **hp)
     opt = ManifoldSGD(model, layers, lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    assert not opt.cuda_graph and not opt.graph_captured
+    assert not opt.experimental and not opt.graph_captured and opt._graph is None and opt._workers is None
     for g in opt.param_groups:  # as the trainer's schedule leaves them
         g["lr"], g["lr_scale"] = 0.02, 0.5
     ns = opt.with_options(conditioner="newton_schulz")  # what bench perf --cuda-graph builds, on the CPU
@@ -669,9 +672,12 @@ def test_cuda_graph_is_refused_where_it_cannot_work():
     assert [{k: g[k] for k in ("lr", "lr_scale", "weight_decay", "nesterov", "momentum")} for g in ns.param_groups] == \
         [{k: g[k] for k in ("lr", "lr_scale", "weight_decay", "nesterov", "momentum")} for g in opt.param_groups]
     with pytest.raises(ValueError, match="CUDA device"):
-        ns.with_options(cuda_graph=True)
+        ns.with_options(experimental="cuda_graph")
     with pytest.raises(ValueError, match="Householder"):
-        ns.with_options(cuda_graph=True, retraction="householder")
+        ns.with_options(experimental="cuda_graph", retraction="householder")
+    with pytest.raises(ValueError, match="experimental features are"):
+        ns.with_options(experimental=("cuda_graphs",))
+    assert ns.with_options(experimental="cpu_workers")._workers is not None  # on the CPU: allowed
 
 
 def test_retraction_is_householder_on_the_cpu_unless_asked_otherwise():

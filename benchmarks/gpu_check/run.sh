@@ -155,7 +155,7 @@ stage "bench perf" "$PERF_LIMIT" "${BENCH[@]}" perf --track cifar10-vgg16 --devi
 # conditioned by eigh (the default) and by Newton–Schulz products (conditioner="newton_schulz")
 stage "condlr step" "$STEP_LIMIT" "$PY" benchmarks/condlr_step.py --device "$DEVICE" "${STEP_ARGS[@]}"
 
-# the CondLR step captured in a CUDA graph and replayed (ManifoldSGD(cuda_graph=True), conditioner
+# the CondLR step captured in a CUDA graph and replayed (ManifoldSGD(experimental="cuda_graph"), conditioner
 # newton_schulz): the step alone against the same step run eagerly, and whether both take the same
 # step (the "bench perf" stage above has its training img/s as the "robust_lowrank (graph)" rows)
 if ((SMOKE)); then
