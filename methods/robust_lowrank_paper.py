@@ -111,8 +111,9 @@ class PaperCondLRSGD(torch.optim.SGD):
 class RobustLowRankPaper(LowRankMethod):
     """CondLR as the paper's code runs it: random orthonormal init, compounding scaled momentum, every conv compressed.
 
-    Weight decay: none on U, V; the track's on S, biases and BatchNorm. See the module docstring for
-    every difference from our default ``robust_lowrank``.
+    Weight decay: none on U, V; the track's on S, biases and BatchNorm.
+
+    The module docstring lists every difference from our default ``robust_lowrank``.
     """
 
     Params = RobustLowRankPaperParams
