@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--device", default=None)
     pe.add_argument("--data-dir", default=None)
     pe.add_argument("--threads", type=int, default=None)
+    pe.add_argument("--transfer", action="store_true",
+                    help="keep the run's evaluation and add only the transfer attack from its dense parent (and "
+                         "the trust verdict): for rows written before the parent was stored, or before this column")
     px = sub.add_parser("export", help="write the results as RobustBench model-info JSON files, CSV or parquet")
     px.add_argument("--format", choices=("robustbench", "csv", "parquet"), default="robustbench")
     px.add_argument("--out", required=True, help="a folder (robustbench) or a file (csv, parquet)")
@@ -289,7 +292,8 @@ def cmd_eval(args) -> int:
 
     row, path = runner.evaluate_stored(args.run_id, args.results_dir, n_eval=args.n_eval, aa_version=args.aa_version,
                                        skip_attacks=args.no_attacks, device=args.device, data_dir=args.data_dir,
-                                       num_threads=args.threads, progress=sys.stderr.isatty())
+                                       num_threads=args.threads, progress=sys.stderr.isatty(),
+                                       transfer_only=args.transfer)
     print(f"re-evaluated run {row['parent_run_id']} (no retraining):")
     print(format_summary(row, path))
     return 0

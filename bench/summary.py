@@ -122,6 +122,9 @@ def aggregate(df: pd.DataFrame, *, include_failed: bool = False) -> pd.DataFrame
     for c in aggregated("first"):
         if c in ok.columns:
             stats[c] = g_ok[c].first()
+    for c in aggregated("verdict"):
+        if c in ok.columns:
+            stats[c] = g_ok[c].agg(verdict_of)
     g_all = base.groupby(GROUP_KEYS, dropna=False, sort=False)
     counts = pd.DataFrame({"failed": g_all["status"].agg(lambda s: int((s != "ok").sum()))})
     out = keys.merge(stats.reset_index(), on=GROUP_KEYS, how="left").merge(
@@ -139,6 +142,17 @@ def aggregate(df: pd.DataFrame, *, include_failed: bool = False) -> pd.DataFrame
     out["method_id"] = out["method_id"].where(out["method_id"].notna(), out["method"])
     return out.sort_values(["track", "method", "compression_target", "method_params"], na_position="first",
                            kind="stable").reset_index(drop=True)
+
+
+def verdict_of(values) -> str | None:
+    """A configuration's verdict from its seeds' ('ok' or 'suspect: ...'; null: not evaluated): 'ok' when
+    every evaluated seed's is, else 'suspect: k of n seeds' (n counts the evaluated seeds); None when no seed
+    has one."""
+    got = [str(v) for v in values if isinstance(v, str) and v]
+    if not got:
+        return None
+    bad = sum(not v.startswith("ok") for v in got)
+    return "ok" if not bad else f"suspect: {bad} of {len(got)} seed{'s' if len(got) > 1 else ''}"
 
 
 def _num(v) -> float:
