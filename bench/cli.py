@@ -356,7 +356,7 @@ def cmd_show(args) -> int:
     import warnings
 
     from bench.results import read_results
-    from bench.summary import LEGEND, bracket_lines, summary_table
+    from bench.summary import LEGEND, bracket_lines, summary_table, suspect_lines
 
     d = results_dir_default(args.results_dir)
     with warnings.catch_warnings(record=True) as caught:
@@ -376,6 +376,9 @@ def cmd_show(args) -> int:
     bracket = bracket_lines(df)
     if bracket:
         print("\nrobustness bracket at the headline eps (means over seeds):\n" + "\n".join(bracket))
+    suspect = suspect_lines(df)
+    if suspect:
+        print("\nruns whose evaluation is suspect (trust; bench/metrics/families/trust.py):\n" + "\n".join(suspect))
     return 0
 
 
@@ -384,7 +387,7 @@ def _show_legend(per_run: bool, legend: str) -> str:
     if per_run:
         return ("accuracies in %: value [95% Wilson interval over the run's points: n_test for clean, aa_n "
                 "attacked points for robust]; cond_max with BatchNorm and input normalisation folded in, "
-                "cond_max_raw of the stored weights")
+                "cond_max_raw of the stored weights; trust 'ok' or 'suspect' (reasons below)")
     return legend
 
 

@@ -42,7 +42,8 @@ def points_of() -> dict[str, str]:
 #: what the accuracy cells of :func:`summary_table` mean
 LEGEND = ("accuracies in %: mean ± std over seeds [95% Wilson interval over the test points, which the seeds share]; "
           "points = test points (clean) and attacked points (robust) per seed; "
-          "cond_max with BatchNorm and input normalisation folded in, cond_raw of the stored weights")
+          "cond_max with BatchNorm and input normalisation folded in, cond_raw of the stored weights; "
+          "transfer = the dense parent's APGD-CE examples; trust = 'ok' or 'suspect: k of n seeds' (reasons below)")
 
 
 def pooled_interval(acc, n) -> dict:
@@ -239,6 +240,30 @@ def bracket_lines(df: pd.DataFrame) -> list[str]:
     return out
 
 
+def verdict_short(v) -> str:
+    """A run's verdict in a table cell: 'ok', 'suspect (k reasons)', or '-' (not evaluated)."""
+    if not isinstance(v, str) or not v:
+        return "-"
+    if v.startswith("ok"):
+        return "ok"
+    k = len(v.removeprefix("suspect: ").split("; "))
+    return f"suspect ({k} reason{'s' if k > 1 else ''})"
+
+
+def suspect_lines(df: pd.DataFrame) -> list[str]:
+    """One line per successful run whose trust verdict is suspect: its run id, configuration and reasons."""
+    if df is None or df.empty or "trust" not in df.columns:
+        return []
+    out = []
+    for _, r in df[df["status"] == "ok"].iterrows():
+        v = r.get("trust")
+        if isinstance(v, str) and v.startswith("suspect"):
+            params = r.get("method_params") if r.get("method_params") not in (None, "{}", "") else ""
+            out.append(f"  {r['run_id']} {r['track']} {r['method']}{(' ' + params) if params else ''} seed "
+                       f"{r.get('seed')}: {v}")
+    return out
+
+
 def _points_label(c) -> str:
     return f"{c.points_label or c.points} pts"
 
@@ -263,6 +288,9 @@ def _per_run_table(df: pd.DataFrame, cols) -> pd.DataFrame:
                 runs[c.points] = [("-" if math.isnan(_num(n)) or _num(n) <= 0 else f"{int(_num(n))}")
                                   for n in runs[c.points]]
                 out.append(c.points)
+        elif c.agg == "verdict":  # the reasons are long: `bench show` lists them under the table
+            runs[c.terminal] = [verdict_short(v) for v in runs[c.name]] if c.name in runs.columns else None
+            out.append(c.terminal)
         else:
             out.append(c.name)
     out.append("created_at")

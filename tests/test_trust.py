@@ -113,3 +113,65 @@ def test_each_check_names_its_reason():
     # FGSM may rise (one step of size ε overshoots); a warning that is not about the model is no reason
     assert verdict(_row(fgsm_curve=[{"eps": 0.1, "acc": 0.3}, {"eps": 0.2, "acc": 0.5}],
                         aa_flags=["clean: UserWarning: something in a library"]), n)[0] == "ok"
+
+
+def test_bench_eval_transfer_adds_the_columns_to_a_stored_row(real_runs, tmp_path, capsys):
+    import shutil
+
+    from bench.cli import main
+    from bench.results import read_results
+
+    d = tmp_path / "results"
+    shutil.copytree(real_runs, d, ignore=shutil.ignore_patterns(".claims", ".state"))
+    rows = read_results(d)
+    lowrank = rows[rows["method"] == "vanilla_lowrank"].iloc[0]
+    dense = rows[(rows["method"] == "dense") & (rows["seed"] == lowrank["seed"])].iloc[0]
+    assert lowrank["transfer_acc"] != lowrank["transfer_acc"]  # NaN: written with --no-attacks
+    threads = torch.get_num_threads()
+    try:
+        assert main(["eval", lowrank["run_id"], "--transfer", "--threads", "1", "--results-dir", str(d)]) == 0
+        out = capsys.readouterr().out
+        assert main(["eval", dense["run_id"], "--transfer", "--threads", "1", "--results-dir", str(d)]) == 0
+        assert main(["eval", lowrank["run_id"], "--transfer", "--n-eval", "5", "--results-dir", str(d)]) == 2
+        assert "--transfer keeps the run's attacked points" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(threads)
+    rows = read_results(d)
+    child = rows[rows["parent_run_id"] == lowrank["run_id"]].iloc[0]
+    assert "transfer" in out and dense["run_id"] in out
+    assert child["transfer_source_run_id"] == dense["run_id"] and child["transfer_n"] == len(lowrank["attacked_indices"])
+    assert 0 <= child["transfer_acc"] <= child["clean_acc_eval"] and child["transfer_note"] == ""
+    # the parent's evaluation is kept as it was, on the same points; nothing was retrained
+    for c in ("clean_acc", "clean_acc_eval", "cond_max", "operator_cond_max", "train_seconds"):
+        assert child[c] == lowrank[c], c
+    assert list(child["attacked_indices"]) == list(lowrank["attacked_indices"])
+    assert child["trust"] == "ok" and "clean" in list(child["trust_checks"])
+    dense_child = rows[rows["parent_run_id"] == dense["run_id"]].iloc[0]
+    assert dense_child["transfer_note"] == "the row is the dense model itself"
+    assert dense_child["transfer_acc"] != dense_child["transfer_acc"]  # NaN
+
+
+def test_rows_from_before_show_not_evaluated_on_the_leaderboard(real_runs, tmp_path):
+    import pandas as pd
+
+    from bench.results import read_results
+    from leaderboard_app import data as lbd
+
+    new = [c for c in read_results(real_runs).columns if c.startswith(("transfer", "trust", "certified"))]
+    old = read_results(real_runs).drop(columns=new)
+    old["robust_acc"], old["aa_n"] = 0.5, 100
+    for i, r in old.iterrows():
+        pd.DataFrame([r]).to_parquet(tmp_path / f"old-{i}.parquet", index=False)  # as written before the columns
+    loaded = lbd.load(tmp_path)
+    assert not loaded.skipped and loaded.runs["trust"].isna().all()
+    shown = lbd.display_table(lbd.leaderboard(loaded.runs))
+    assert (shown["trust"] == "not evaluated").all()
+    assert (shown["transfer 95% CI"] == "not evaluated").all() and (shown["certified 95% CI"] == "not evaluated").all()
+    assert shown["transfer acc"].isna().all()  # empty, not 0
+    assert (shown["robust 95% CI"] != "not evaluated").all()
+    # over seeds: suspect when any seed is
+    runs = loaded.runs.copy()
+    runs["trust"] = ["ok" if m == "vanilla_lowrank" or s == 0 else "suspect: a; b"
+                     for m, s in zip(runs["method"], runs["seed"])]
+    badges = lbd.display_table(lbd.leaderboard(runs)).set_index("method")["trust"]
+    assert badges["dense"] == "⚠ suspect (1 of 2 seeds)" and badges["vanilla_lowrank"] == "ok"
