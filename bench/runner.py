@@ -420,9 +420,8 @@ def dense_parent(results_dir, row: dict) -> dict | str:
         return "the row is the dense model itself"
     where = f"dense run of track {row.get('track')} seed {row.get('seed')}"
     df = read_results(results_dir)
-    if df.empty or "method" not in df.columns:
-        return f"no {where} in {results_dir}"
-    cands = [{k: (None if _is_na(v) else v) for k, v in r.items()} for r in df.to_dict("records")
+    records = df.to_dict("records") if not df.empty and "method" in df.columns else []
+    cands = [{k: (None if _is_na(v) else v) for k, v in r.items()} for r in records
              if r.get("method") == "dense" and r.get("track") == row.get("track") and r.get("status") == "ok"
              and not _is_na(r.get("seed")) and int(r["seed"]) == int(row.get("seed"))]
     if not cands:
