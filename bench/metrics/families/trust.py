@@ -115,7 +115,13 @@ def _transfer(row: dict, n: int) -> tuple[list[str], bool]:
     return [], True
 
 
-def _certified(row: dict) -> tuple[list[str], bool]:
+def _above(a, b, n: int) -> bool:
+    """Accuracy ``a`` above ``b`` by at least one of ``n`` points (compared as counts: accuracies written by
+    different code, some through float32, differ in their last digits)."""
+    return round(float(a) * n) > round(float(b) * n) if n else float(a) > float(b) + _TINY
+
+
+def _certified(row: dict, n: int) -> tuple[list[str], bool]:
     aa = _aa_by_norm(row)
     out, checked = [], False
     for col, norm in (("certified_linf_curve", "Linf"), ("certified_l2_curve", "L2")):
@@ -125,13 +131,13 @@ def _certified(row: dict) -> tuple[list[str], bool]:
             if a is None:
                 continue
             checked = True
-            if float(c["acc"]) > float(a["acc"]) + _TINY:
+            if _above(c["acc"], a["acc"], n):
                 out.append(f"certified accuracy {float(c['acc']):.3f} above AutoAttack's {float(a['acc']):.3f} at "
                            f"{_NORM[norm]} ε={float(c['eps']):.4g}")
     return out, checked
 
 
-def _clean(row: dict) -> tuple[list[str], bool]:
+def _clean(row: dict, n: int) -> tuple[list[str], bool]:
     clean = _num(row.get("clean_acc_eval"))
     if clean is None:
         return [], False
@@ -145,16 +151,16 @@ def _clean(row: dict) -> tuple[list[str], bool]:
                for p in _points(row.get(col))]
             + ([("transfer", row["transfer_acc"], row.get("transfer_eps"))]
                if _num(row.get("transfer_acc")) is not None else [])):
-        if float(acc) > clean + _TINY:
+        if _above(acc, clean, n):
             seen.append(f"{label} accuracy {float(acc):.3f} above the clean accuracy {clean:.3f} on the same points "
                         f"at ε={float(eps):.4g}")
     return seen, True
 
 
-def _rises(pts: list[dict], allowed: float) -> list[tuple[float, float, float, float]]:
+def _rises(pts: list[dict], allowed: float, n: int) -> list[tuple[float, float, float, float]]:
     pts = sorted(pts, key=lambda p: float(p["eps"]))
     return [(float(a["eps"]), float(a["acc"]), float(b["eps"]), float(b["acc"])) for a, b in zip(pts, pts[1:])
-            if float(b["acc"]) > float(a["acc"]) + allowed + _TINY]
+            if _above(b["acc"], float(a["acc"]) + allowed, n)]
 
 
 def _monotone(row: dict, n: int) -> tuple[list[str], bool]:
@@ -165,7 +171,7 @@ def _monotone(row: dict, n: int) -> tuple[list[str], bool]:
         if len(pts) < 2:
             continue
         checked = True
-        for e0, a0, e1, a1 in _rises(pts, 0.0 if exact else slack(n) / n):
+        for e0, a0, e1, a1 in _rises(pts, 0.0 if exact else slack(n) / n, n):
             out.append(f"{label} accuracy rises from {a0:.3f} at ε={e0:.4g} to {a1:.3f} at ε={e1:.4g}")
     return out, checked
 
@@ -197,8 +203,8 @@ def verdict(row: dict, n: int) -> tuple[str, list[str]]:
     reasons += flag_reasons
     if _points(row.get("aa_curve")):
         checked += ["aa_flags", "square"]
-    for name, (found, applied) in (("transfer", _transfer(row, n)), ("certified", _certified(row)),
-                                   ("clean", _clean(row)), ("monotone", _monotone(row, n)),
+    for name, (found, applied) in (("transfer", _transfer(row, n)), ("certified", _certified(row, n)),
+                                   ("clean", _clean(row, n)), ("monotone", _monotone(row, n)),
                                    ("progress", _progress(row, n))):
         reasons += found
         if applied:
