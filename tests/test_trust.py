@@ -146,6 +146,13 @@ def test_bench_eval_transfer_adds_the_columns_to_a_stored_row(real_runs, tmp_pat
         assert child[c] == lowrank[c], c
     assert list(child["attacked_indices"]) == list(lowrank["attacked_indices"])
     assert child["trust"] == "ok" and "clean" in list(child["trust_checks"])
+    import pandas as pd
+
+    from bench.export import export
+
+    export(d, tmp_path / "table.csv", "csv")  # the exports carry the verdict (over the configuration's rows)
+    table = pd.read_csv(tmp_path / "table.csv").set_index("method")
+    assert table.loc["vanilla_lowrank", "trust"] == "ok" and table.loc["vanilla_lowrank", "transfer_acc_mean"] >= 0
     dense_child = rows[rows["parent_run_id"] == dense["run_id"]].iloc[0]
     assert dense_child["transfer_note"] == "the row is the dense model itself"
     assert dense_child["transfer_acc"] != dense_child["transfer_acc"]  # NaN
