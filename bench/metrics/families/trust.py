@@ -36,14 +36,14 @@ import math
 from bench.columns import Column, EvalInputs, MetricFamily
 from bench.registry import register_metric
 
-#: pyautoattack's warnings (their text, as it logs them) -> the reason they give; "square" has its own check
+#: (text of a pyautoattack warning, as it logs it; the reason it gives); the last is the check "square"
 FLAG_REASONS = (
-    ("randomized defense", "aa_flags", "AutoAttack found the output random (a randomised defence)"),
-    ("output is a probability distribution", "aa_flags", "AutoAttack found the outputs to be probabilities, not logits"),
-    ("zero gradient", "aa_flags", "AutoAttack found points with zero input gradient"),
-    ("dynamic defense", "aa_flags", "AutoAttack found a forward pass that computes gradients (a dynamic defence)"),
-    ("in train mode", "aa_flags", "the model was in train mode during AutoAttack"),
-    ("Square Attack has decreased", "square", "Square (black-box) broke points the white-box attacks did not"),
+    ("randomized defense", "AutoAttack found the output random (a randomised defence)"),
+    ("output is a probability distribution", "AutoAttack found the outputs to be probabilities, not logits"),
+    ("zero gradient", "AutoAttack found points with zero input gradient"),
+    ("dynamic defense", "AutoAttack found a forward pass that computes gradients (a dynamic defence)"),
+    ("in train mode", "the model was in train mode during AutoAttack"),
+    ("Square Attack has decreased", "Square (black-box) broke points the white-box attacks did not"),
 )
 #: curves checked for monotonicity: column -> (label, exact: no slack)
 MONOTONE = {"pgd_linf_curve": ("PGD L∞", False), "pgd_l2_curve": ("PGD L2", False),
@@ -80,18 +80,17 @@ def _aa_by_norm(row: dict) -> dict[str, list[dict]]:
     return {k: sorted(v, key=lambda p: float(p["eps"])) for k, v in out.items()}
 
 
-def _flag_reasons(row: dict) -> tuple[list[str], set[str]]:
+def _flag_reasons(row: dict) -> list[str]:
     flags = [str(f) for f in (row.get("aa_flags") if row.get("aa_flags") is not None else [])]
     found: dict[str, list[str]] = {}
     for f in flags:
         where, _, msg = f.partition(": ")
-        for needle, _check, reason in FLAG_REASONS:
+        for needle, reason in FLAG_REASONS:
             if needle.lower() in (msg or f).lower():
                 found.setdefault(reason, [])
                 if where not in found[reason]:
                     found[reason].append(where)
-    reasons = [f"{reason} ({', '.join(where)})" for reason, where in found.items()]
-    return reasons, {"aa_flags", "square"}
+    return [f"{reason} ({', '.join(where)})" for reason, where in found.items()]
 
 
 def _transfer(row: dict, n: int) -> tuple[list[str], bool]:
@@ -199,8 +198,7 @@ def verdict(row: dict, n: int) -> tuple[str, list[str]]:
     """(``'ok'`` or ``'suspect: reason; reason'``, the checks that could be applied) for a row's columns
     measured on ``n`` attacked points."""
     reasons, checked = [], []
-    flag_reasons, _ = _flag_reasons(row)
-    reasons += flag_reasons
+    reasons += _flag_reasons(row)
     if _points(row.get("aa_curve")):
         checked += ["aa_flags", "square"]
     for name, (found, applied) in (("transfer", _transfer(row, n)), ("certified", _certified(row, n)),
