@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--device", default=None)
     pe.add_argument("--data-dir", default=None)
     pe.add_argument("--threads", type=int, default=None)
+    pe.add_argument("--transfer", action="store_true",
+                    help="keep the run's evaluation and add only the transfer attack from its dense parent (and "
+                         "the trust verdict): for rows written before the parent was stored, or before this column")
     px = sub.add_parser("export", help="write the results as RobustBench model-info JSON files, CSV or parquet")
     px.add_argument("--format", choices=("robustbench", "csv", "parquet"), default="robustbench")
     px.add_argument("--out", required=True, help="a folder (robustbench) or a file (csv, parquet)")
@@ -320,7 +323,8 @@ def cmd_eval(args) -> int:
 
     row, path = runner.evaluate_stored(args.run_id, args.results_dir, n_eval=args.n_eval, aa_version=args.aa_version,
                                        skip_attacks=args.no_attacks, device=args.device, data_dir=args.data_dir,
-                                       num_threads=args.threads, progress=sys.stderr.isatty())
+                                       num_threads=args.threads, progress=sys.stderr.isatty(),
+                                       transfer_only=args.transfer)
     print(f"re-evaluated run {row['parent_run_id']} (no retraining):")
     print(format_summary(row, path))
     return 0
@@ -397,7 +401,7 @@ def cmd_show(args) -> int:
     import warnings
 
     from bench.results import read_results
-    from bench.summary import LEGEND, bracket_lines, summary_table
+    from bench.summary import LEGEND, bracket_lines, summary_table, suspect_lines
 
     d = results_dir_default(args.results_dir)
     with warnings.catch_warnings(record=True) as caught:
@@ -419,6 +423,9 @@ def cmd_show(args) -> int:
     bracket = bracket_lines(df)
     if bracket:
         print("\nrobustness bracket at the headline eps (means over seeds):\n" + "\n".join(bracket))
+    suspect = suspect_lines(df)
+    if suspect:
+        print("\nruns whose evaluation is suspect (trust; bench/metrics/families/trust.py):\n" + "\n".join(suspect))
     return 0
 
 
@@ -427,7 +434,7 @@ def _show_legend(per_run: bool, legend: str) -> str:
     if per_run:
         return ("accuracies in %: value [95% Wilson interval over the run's points: n_test for clean, aa_n "
                 "attacked points for robust]; cond_max with BatchNorm and input normalisation folded in, "
-                "cond_max_raw of the stored weights")
+                "cond_max_raw of the stored weights; trust 'ok' or 'suspect' (reasons below)")
     return legend
 
 

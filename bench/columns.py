@@ -24,8 +24,9 @@ from typing import Any, Callable, Iterable
 #: the types a column may declare (parquet types in :func:`bench.results.schema_types`)
 TYPES = ("str", "float", "int", "bool", "list<str>", "list<float>", "list<int>", "curve", "aa_curve", "outcomes")
 #: how a column aggregates over a configuration's seeds: "mean" (``<name>_mean`` and ``<name>_std``),
-#: "first" (the first successful run's value), "" (not aggregated)
-AGGS = ("mean", "first", "")
+#: "first" (the first successful run's value), "verdict" (a str column of 'ok' or 'suspect: ...': 'ok'
+#: when every seed's is, else 'suspect: k of n seeds'), "" (not aggregated)
+AGGS = ("mean", "first", "verdict", "")
 #: where a column appears besides the parquet file
 VIEWS = ("show", "board")
 
@@ -347,7 +348,8 @@ def reference_markdown() -> str:
              "`bench/metrics/families/` (one file per metric family) by `bench list --columns`;",
              "`tests/test_columns.py` checks this file is current. Types are parquet types; list columns are",
              "empty, never null, when there is nothing to list. `agg`: how `bench show` and the leaderboard",
-             "combine a configuration's seeds (`mean`: mean and sample std; `first`: the first run's value).", ""]
+             "combine a configuration's seeds (`mean`: mean and sample std; `first`: the first run's value;",
+             "`verdict`: 'ok' when every seed's is 'ok', else 'suspect: k of n seeds').", ""]
 
     def table(cols: Iterable[Column]) -> list[str]:
         out = ["| column | type | unit | agg | description |", "|---|---|---|---|---|"]

@@ -14,7 +14,9 @@ points, and which AutoAttack version. Our extra fields, which RobustBench's load
 ``objective_params`` (the training objective; a non-standard one also names the file), ``track``,
 ``track_differs``, ``n_params``, ``n_params_dense``, ``seeds``, ``run_ids``, ``weights_sha256``,
 ``aa_points``, ``aa_version``, ``clean_acc_ci95``, ``autoattack_acc_ci95``, ``cond_max``,
-``git_commits``. Only configurations whose headline is the standard AutoAttack in Linf are
+``git_commits``, ``trust`` (the verdict over seeds: 'ok', 'suspect: k of n seeds', or null when not
+evaluated) and ``transfer_acc`` (percent; null when not evaluated). ``unreliable`` is true when a
+seed's trust verdict is suspect. Only configurations whose headline is the standard AutoAttack in Linf are
 exported. The ``robustbench`` package itself is not used (it does not import as published).
 
 ``--format csv|parquet`` writes the aggregated table (``bench.summary.aggregate``) as one file.
@@ -54,6 +56,10 @@ def method_label(method: str, params: dict) -> str:
 
 def _pct(v) -> str:
     return f"{100 * float(v):.2f}"
+
+
+def _suspect(trust) -> bool:
+    return isinstance(trust, str) and trust.startswith("suspect")
 
 
 def _safe(s: str) -> str:
@@ -109,7 +115,7 @@ def robustbench_entries(runs: pd.DataFrame) -> list[tuple[str, str, dict]]:
             "footnote": (f"Mean over {n_seeds} seed(s). Standard AutoAttack on the first {aa_n} test points; clean "
                          f"accuracy on the whole test split. Trained and measured by robust-compression-bench, "
                          f"not reported by a paper."),
-            "unreliable": False,
+            "unreliable": _suspect(a.get("trust")),
             # ours
             "compression": float(a["compression_mean"]),
             "compression_target": target,
@@ -132,6 +138,8 @@ def robustbench_entries(runs: pd.DataFrame) -> list[tuple[str, str, dict]]:
             if not math.isnan(a["robust_acc_ci_low"]) else None,
             "cond_max": float(a["cond_max_mean"]) if "cond_max_mean" in a and not pd.isna(a["cond_max_mean"]) else None,
             "git_commits": sorted({str(c) for c in g["git_commit"].dropna()}) if "git_commit" in g else [],
+            "trust": a.get("trust") if isinstance(a.get("trust"), str) else None,
+            "transfer_acc": _pct(a["transfer_acc_mean"]) if not pd.isna(a.get("transfer_acc_mean")) else None,
         }
         out.append((str(first["dataset"]), _safe(name) + ".json", info))
     return out

@@ -3,7 +3,8 @@ every attack, kept compactly in a row so that two rows compare point by point (`
 
 A row holds them in its columns of type "outcomes" (``clean_outcomes``, ``aa_outcomes``,
 ``attack_outcomes``): a list of entries ``{attack, norm, eps, n, bits}``, one per measured
-(attack, norm, ε). ``attack`` is "clean" (norm "", ε 0), "autoattack", "fgsm" or "pgd";
+(attack, norm, ε). ``attack`` is "clean" (norm "", ε 0), "autoattack", "fgsm", "pgd" or "transfer" (the dense parent's
+APGD-CE examples, ``transfer_outcomes``);
 ``bits`` is a bitmask over the row's ``attacked_indices`` in their order (point i is bit i % 8 of
 byte i // 8, least significant bit first: ``numpy.packbits(bitorder="little")``), base64-encoded;
 1 = correct (clean) or robust (attacks). 500 points take 84 characters per entry. The mean of a
@@ -22,7 +23,7 @@ from typing import Any, Iterable
 import numpy as np
 
 #: attack names an entry may carry
-ATTACKS = ("clean", "autoattack", "fgsm", "pgd")
+ATTACKS = ("clean", "autoattack", "fgsm", "pgd", "transfer")
 
 
 def encode(mask: Iterable[bool]) -> str:

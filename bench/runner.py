@@ -263,7 +263,7 @@ def _run(cfg: RunConfig, p: Prepared, log) -> tuple[dict, Path]:
     try:
         model, method, model_kwargs = _build(cfg, p, data, device, row)
         _train(cfg, p, model, method, data, device, resolved, row, log)
-        row.update(_evaluate(cfg, p, model, data, device, model_kwargs))
+        row.update(_evaluate(cfg, p, model, data, device, model_kwargs, row))
     except (KeyboardInterrupt, Interrupted):
         raise  # no row: the checkpoint (and AutoAttack state) stay for the rerun
     except Exception as exc:  # noqa: BLE001 - recorded as a failed row, then re-raised for the caller
@@ -366,10 +366,11 @@ def _train(cfg: RunConfig, p: Prepared, model, method: Method, data, device, res
         row["method_details"] = json.dumps(details, sort_keys=True, default=float)
 
 
-def _evaluate(cfg: RunConfig, p: Prepared, model, data, device, model_kwargs: dict) -> dict:
+def _evaluate(cfg: RunConfig, p: Prepared, model, data, device, model_kwargs: dict, row: dict) -> dict:
     """Every metric family's columns. The AutoAttack state is keyed by the configuration id, not the
     run id: an interrupted `bench run` repeated with the same flags retrains to the same weights
-    (seeded) and AutoAttack resumes from the finished ε."""
+    (seeded) and AutoAttack resumes from the finished ε. The transfer attack's dense parent is looked
+    up in the results directory (:func:`transfer_source`)."""
     from bench.evaluate import EvalContext, evaluate
     from bench.metrics.autoattack import state_dir_for
     from bench.models import build_model
@@ -377,7 +378,8 @@ def _evaluate(cfg: RunConfig, p: Prepared, model, data, device, model_kwargs: di
     ectx = EvalContext(device=device, n_eval=p.n_eval, aa_version=cfg.aa_version, skip_attacks=cfg.skip_attacks,
                        state_dir=state_dir_for(cfg.results_dir, p.config_id()),
                        dense_factory=lambda: build_model(p.track.arch, **model_kwargs),
-                       progress=cfg.progress, seed=cfg.seed)
+                       progress=cfg.progress, seed=cfg.seed,
+                       transfer_source=transfer_source(cfg.results_dir, row, data, p.track, device))
     return evaluate(model, data, p.eval_protocol, ectx)
 
 
@@ -442,12 +444,96 @@ def load_stored_model(parent: dict, results_dir, data, track: Track, *, device, 
     return model.to(device).eval(), method
 
 
+def dense_parent(results_dir, row: dict) -> dict | str:
+    """The result row of the dense model of ``row``'s track and seed whose stored model is usable (status
+    ok, ``model_path`` set, the file present with the row's sha256), or the reason there is none.
+    Among several, the same sweep, then the same training budget, then an original run (not a `bench
+    eval` row), then the latest is taken."""
+    import hashlib
+
+    from bench.results import read_results
+
+    if row.get("method") == "dense":
+        return "the row is the dense model itself"
+    def objective(r) -> tuple:  # the parent is trained with the same objective (rows before objectives: standard)
+        name, params = r.get("objective"), r.get("objective_params")
+        return (DEFAULT_OBJECTIVE if _is_na(name) else name, "{}" if _is_na(params) or not params else params)
+
+    where = f"dense run of track {row.get('track')} seed {row.get('seed')} objective {objective(row)[0]}"
+    df = read_results(results_dir)
+    records = df.to_dict("records") if not df.empty and "method" in df.columns else []
+    cands = [{k: (None if _is_na(v) else v) for k, v in r.items()} for r in records
+             if r.get("method") == "dense" and r.get("track") == row.get("track") and r.get("status") == "ok"
+             and not _is_na(r.get("seed")) and int(r["seed"]) == int(row.get("seed"))
+             and objective(r) == objective(row)]
+    if not cands:
+        return f"no {where} in {results_dir} (a sweep trains dense first; `bench eval RUN_ID --transfer` adds it later)"
+
+    def rank(r):
+        return (r.get("sweep_id") is not None and r.get("sweep_id") == row.get("sweep_id"),
+                (r.get("budget_epochs"), r.get("budget_seconds")) == (row.get("budget_epochs"),
+                                                                      row.get("budget_seconds")),
+                r.get("parent_run_id") is None, str(r.get("created_at") or ""))
+
+    why = []
+    for r in sorted(cands, key=rank, reverse=True):
+        if not r.get("model_path"):
+            why.append(f"{r['run_id']}: no stored model")
+            continue
+        path = Path(r["model_path"])
+        path = path if path.is_absolute() else Path(results_dir) / path
+        if not path.exists():
+            why.append(f"{r['run_id']}: {path} missing")
+        elif hashlib.sha256(path.read_bytes()).hexdigest() != r.get("model_sha256"):
+            why.append(f"{r['run_id']}: {path} does not match its sha256")
+        else:
+            return r
+    return f"no {where} with a usable stored model in {results_dir} ({'; '.join(why)})"
+
+
+def transfer_source(results_dir, row: dict, data, track: Track, device):
+    """``EvalContext.transfer_source`` for a row of ``results_dir``: a callable giving the
+    :class:`bench.evaluate.TransferParent` of its dense parent (:func:`dense_parent`), or why there is none.
+    Examples are cached in ``<results_dir>/.state/transfer``."""
+    def source():
+        from bench.evaluate import TransferParent
+
+        parent = dense_parent(results_dir, row)
+        if isinstance(parent, str):
+            return parent
+
+        def load():
+            import numpy as np
+            import torch
+
+            # building a model reseeds the global RNGs: keep the evaluation's own sequence untouched
+            devices = [device.index or 0] if getattr(device, "type", "cpu") == "cuda" else []
+            py, np_state = random.getstate(), np.random.get_state()
+            with torch.random.fork_rng(devices=devices):
+                model, _ = load_stored_model(parent, results_dir, data, track, device=device)
+            random.setstate(py)
+            np.random.set_state(np_state)
+            return model
+
+        return TransferParent(run_id=str(parent["run_id"]), sha256=str(parent["model_sha256"]), load=load,
+                              cache_dir=Path(results_dir) / ".state" / "transfer")
+
+    return source
+
+
 def evaluate_stored(run_id: str, results_dir="results", *, n_eval: int | None = None, aa_version: str | None = None,
                     skip_attacks: bool = False, device: str | None = None, data_dir: str | None = None,
-                    num_threads: int | None = None, progress: bool = False, log=print) -> tuple[dict, Path]:
+                    num_threads: int | None = None, progress: bool = False, transfer_only: bool = False,
+                    log=print) -> tuple[dict, Path]:
     """Re-evaluate the stored model of run ``run_id`` (a unique prefix will do) with the track's
     *current* protocol, without retraining; writes a new row whose ``parent_run_id`` names it and
-    which keeps the parent's training columns. Returns (row, path)."""
+    which keeps the parent's training columns. Returns (row, path).
+
+    ``transfer_only`` (``bench eval --transfer``) keeps the parent's evaluation columns and its
+    attacked points, and runs only the transfer attack and the trust verdict on top of them."""
+    if transfer_only and (n_eval is not None or aa_version is not None or skip_attacks):
+        raise ValueError("--transfer keeps the run's attacked points and attacks; it takes no --n-eval, "
+                         "--aa-version or --no-attacks")
     import torch
 
     from bench.evaluate import EvalContext, evaluate
@@ -463,6 +549,18 @@ def evaluate_stored(run_id: str, results_dir="results", *, n_eval: int | None = 
     parent = {k: (None if _is_na(v) else v) for k, v in hits.iloc[0].to_dict().items()}
     if parent["status"] != "ok":
         raise ValueError(f"run {parent['run_id']} failed; there is no trained model to evaluate")
+    prior = indices = None
+    if transfer_only:
+        from bench.columns import families
+
+        indices = [int(i) for i in (parent.get("attacked_indices") if parent.get("attacked_indices") is not None
+                                    else [])]
+        if not indices:
+            raise ValueError(f"run {parent['run_id']} has no attacked_indices (written before they were recorded, "
+                             f"or nothing was attacked); re-evaluate it in full with `bench eval {parent['run_id']}`")
+        prior = {c.name: parent.get(c.name, c.default()) for f in families() for c in f.columns}
+        prior = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in prior.items()}
+        prior["eval_seconds"] = parent.get("eval_seconds")
     check_writable(results_dir)
     track: Track = TRACKS.get(parent["track"])
     dev = resolve_device(device)
@@ -471,11 +569,13 @@ def evaluate_stored(run_id: str, results_dir="results", *, n_eval: int | None = 
     resolved = json.loads(parent["config_json"])
     data = load_dataset_for(track, data_dir)
     model, _ = load_stored_model(parent, results_dir, data, track, device=dev, log=log)
-    n = track.eval.n_eval if n_eval is None else int(n_eval)
+    n = len(indices) if transfer_only else track.eval.n_eval if n_eval is None else int(n_eval)
     row = {k: v for k, v in parent.items() if k in _TRAINING_COLUMNS}
     row.update(run_id=new_run_id(), status="ok", error=None, parent_run_id=parent["run_id"],
                track_description=track.summary(), track_differs=track.differs, device=str(dev))
     resolved["evaluated_from"] = parent["run_id"]
+    if transfer_only:
+        resolved["evaluated_only"] = list(_TRANSFER_FAMILIES)
     resolved["n_eval"], resolved["run"]["aa_version"], resolved["run"]["skip_attacks"] = n, aa_version, skip_attacks
     row["config_json"] = json.dumps(resolved, sort_keys=True, default=str)
     row["config_id"] = config_id_of(key_of_row(track.name, parent["method"], parent["seed"], resolved))
@@ -484,7 +584,7 @@ def evaluate_stored(run_id: str, results_dir="results", *, n_eval: int | None = 
     state_dir = state_dir_for(results_dir, f"eval__{parent['run_id']}")
     ectx = EvalContext(device=dev, n_eval=n, aa_version=aa_version, skip_attacks=skip_attacks, state_dir=state_dir,
                        dense_factory=lambda: build_model(track.arch, **kwargs), progress=progress,
-                       seed=int(parent["seed"]))
+                       seed=int(parent["seed"]), transfer_source=transfer_source(results_dir, parent, data, track, dev))
     from bench.sweep import Claim
 
     with Claim(results_dir, ("eval", parent["run_id"])) as claim:  # the state folder is per parent run
@@ -493,9 +593,14 @@ def evaluate_stored(run_id: str, results_dir="results", *, n_eval: int | None = 
             raise RunBusy(f"run {parent['run_id']} is already being re-evaluated on this results directory "
                           f"(host {who.get('host', '?')}, pid {who.get('pid', '?')}); wait for it")
         adv = resolved.get("objective", DEFAULT_OBJECTIVE) != DEFAULT_OBJECTIVE
-        row.update(evaluate(model, data, eval_protocol_for(track, resolved["objective_params"].get("eps") if adv else None),
-                            ectx))
+        protocol = eval_protocol_for(track, resolved["objective_params"].get("eps") if adv else None)
+        row.update(evaluate(model, data, protocol, ectx, only=_TRANSFER_FAMILIES if transfer_only else None,
+                            prior=prior, indices=indices))
         return row, write_row(row, results_dir)
+
+
+#: what ``bench eval --transfer`` runs on top of the parent's evaluation
+_TRANSFER_FAMILIES = ("transfer", "trust")
 
 
 #: the columns a re-evaluation keeps from its parent: what training produced, not what evaluation measured

@@ -42,7 +42,8 @@ def points_of() -> dict[str, str]:
 #: what the accuracy cells of :func:`summary_table` mean
 LEGEND = ("accuracies in %: mean ± std over seeds [95% Wilson interval over the test points, which the seeds share]; "
           "points = test points (clean) and attacked points (robust) per seed; "
-          "cond_max with BatchNorm and input normalisation folded in, cond_raw of the stored weights")
+          "cond_max with BatchNorm and input normalisation folded in, cond_raw of the stored weights; "
+          "transfer = the dense parent's APGD-CE examples; trust = 'ok' or 'suspect: k of n seeds' (reasons below)")
 
 
 def pooled_interval(acc, n) -> dict:
@@ -124,6 +125,9 @@ def aggregate(df: pd.DataFrame, *, include_failed: bool = False) -> pd.DataFrame
     for c in aggregated("first"):
         if c in ok.columns:
             stats[c] = g_ok[c].first()
+    for c in aggregated("verdict"):
+        if c in ok.columns:
+            stats[c] = g_ok[c].agg(verdict_of)
     g_all = base.groupby(GROUP_KEYS, dropna=False, sort=False)
     counts = pd.DataFrame({"failed": g_all["status"].agg(lambda s: int((s != "ok").sum()))})
     out = keys.merge(stats.reset_index(), on=GROUP_KEYS, how="left").merge(
@@ -141,6 +145,17 @@ def aggregate(df: pd.DataFrame, *, include_failed: bool = False) -> pd.DataFrame
     out["method_id"] = out["method_id"].where(out["method_id"].notna(), out["method"])
     return out.sort_values(["track", "objective", "method", "compression_target", "method_params"], na_position="first",
                            kind="stable").reset_index(drop=True)
+
+
+def verdict_of(values) -> str | None:
+    """A configuration's verdict from its seeds' ('ok' or 'suspect: ...'; null: not evaluated): 'ok' when
+    every evaluated seed's is, else 'suspect: k of n seeds' (n counts the evaluated seeds); None when no seed
+    has one."""
+    got = [str(v) for v in values if isinstance(v, str) and v]
+    if not got:
+        return None
+    bad = sum(not v.startswith("ok") for v in got)
+    return "ok" if not bad else f"suspect: {bad} of {len(got)} seed{'s' if len(got) > 1 else ''}"
 
 
 def _num(v) -> float:
@@ -241,6 +256,30 @@ def objective_text(r) -> str:
     return f"{r.get('objective') or 'standard'}" + (f"[{inner}]" if inner else "")
 
 
+def verdict_short(v) -> str:
+    """A run's verdict in a table cell: 'ok', 'suspect (k reasons)', or '-' (not evaluated)."""
+    if not isinstance(v, str) or not v:
+        return "-"
+    if v.startswith("ok"):
+        return "ok"
+    k = len(v.removeprefix("suspect: ").split("; "))
+    return f"suspect ({k} reason{'s' if k > 1 else ''})"
+
+
+def suspect_lines(df: pd.DataFrame) -> list[str]:
+    """One line per successful run whose trust verdict is suspect: its run id, configuration and reasons."""
+    if df is None or df.empty or "trust" not in df.columns:
+        return []
+    out = []
+    for _, r in df[df["status"] == "ok"].iterrows():
+        v = r.get("trust")
+        if isinstance(v, str) and v.startswith("suspect"):
+            params = r.get("method_params") if r.get("method_params") not in (None, "{}", "") else ""
+            out.append(f"  {r['run_id']} {r['track']} {r['method']}{(' ' + params) if params else ''} seed "
+                       f"{r.get('seed')}: {v}")
+    return out
+
+
 def _points_label(c) -> str:
     return f"{c.points_label or c.points} pts"
 
@@ -270,6 +309,9 @@ def _per_run_table(df: pd.DataFrame, cols) -> pd.DataFrame:
                 runs[c.points] = [("-" if math.isnan(_num(n)) or _num(n) <= 0 else f"{int(_num(n))}")
                                   for n in runs[c.points]]
                 out.append(c.points)
+        elif c.agg == "verdict":  # the reasons are long: `bench show` lists them under the table
+            runs[c.terminal] = [verdict_short(v) for v in runs[c.name]] if c.name in runs.columns else None
+            out.append(c.terminal)
         else:
             out.append(c.name)
     out.append("created_at")

@@ -116,9 +116,11 @@ def expand(base: RunConfig, methods: Iterable[str | MethodSpec], compressions: I
     (``objectives`` None: the base config's).
 
     So a sweep stopped midway leaves whole seeds, comparable across methods, not all seeds of
-    the first methods and none of the rest.
+    the first methods and none of the rest. Within a seed ``dense`` runs first, wherever it is
+    listed: the compressed rows of that seed take their transfer attack from its stored model.
     """
     specs = [(m, {}) if isinstance(m, str) else m for m in methods]
+    specs.sort(key=lambda spec: spec[0] != "dense")  # stable: the other methods keep their order
     objs = list(objectives) if objectives is not None else [(base.objective, base.objective_params)]
     return [dataclasses.replace(base, method=m, method_params=dict(p), compression=c, seed=s, objective=o,
                                 objective_params=dict(op))

@@ -293,6 +293,8 @@ def _column_config(eps_label: str, headline: str) -> dict:
                 name = c.points_label or c.points
                 out[name] = cc.NumberColumn(name, format="%d", width=75,
                                             help=f"points per seed behind {c.title}, the same points for every seed")
+        elif c.agg == "verdict":
+            out[c.title] = cc.TextColumn(c.title, width=120, help=help_)
         elif c.unit == "fraction":
             out[c.title] = cc.NumberColumn(c.title, format="%.1f%%", width=95, help=help_)
         else:
@@ -570,6 +572,31 @@ def _run_ci(r, metric: str, n_col: str) -> str:
     return lbd.ci_text(lo, hi)
 
 
+def _trust_detail(r) -> None:
+    """The run's trust verdict with its reasons, and its transfer attack from the dense parent."""
+    trust = r.get("trust")
+    checks = ", ".join(str(c) for c in lbd.as_list(r.get("trust_checks")))
+    if lbd.is_missing(trust) or not trust:
+        st.caption(f"Trust: {lbd.NOT_EVALUATED} (a row from before the trust checks, or not attacked; "
+                   "`bench eval RUN_ID` adds them).")
+    elif str(trust).startswith("ok"):
+        st.success(f"Trust: ok. Every check passed ({checks}).", icon=":material/check_circle:")
+    else:
+        reasons = str(trust).removeprefix("suspect: ").split("; ")
+        st.error("Trust: ⚠ suspect. The white-box evaluation may have failed:\n"
+                 + "\n".join(f"- {x}" for x in reasons) + (f"\n\nChecks applied: {checks}." if checks else ""),
+                 icon=":material/warning:")
+    t = lbd.as_float(r.get("transfer_acc"))
+    note = r.get("transfer_note")
+    if not math.isnan(t):
+        st.caption(f"Transfer attack: {t:.1%} accuracy on APGD-CE examples crafted on the dense run "
+                   f"`{r.get('transfer_source_run_id')}` at L∞ ε={_eps_text(lbd.as_float(r.get('transfer_eps')))} "
+                   f"(AutoAttack here: {_fmt(r.get('robust_acc'), '.1f', 100, '%')}).")
+    else:
+        why = note if isinstance(note, str) and note else "a row from before the transfer attack"
+        st.caption(f"Transfer attack: {lbd.NOT_EVALUATED} ({why}).")
+
+
 def _run_detail(shown_runs: pd.DataFrame, lb: pd.DataFrame, picked: pd.DataFrame | None) -> None:
     st.subheader("Run detail")
     if picked is not None:
@@ -623,6 +650,8 @@ def _run_detail(shown_runs: pd.DataFrame, lb: pd.DataFrame, picked: pd.DataFrame
             st.caption("This run was not attacked (`--no-attacks`), so it has no AutoAttack numbers or flags.")
         else:
             st.caption("No AutoAttack flags recorded for this run.")
+
+    _trust_detail(r)
 
     left, right = st.columns(2, gap="large")
     with left:

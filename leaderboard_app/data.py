@@ -236,10 +236,27 @@ def ci_text(low: Any, high: Any, scale: float = 100.0, spec: str = ".1f") -> str
     return f"[{lo * scale:{spec}}, {hi * scale:{spec}}]"
 
 
+#: what an empty accuracy interval or verdict cell says (rows from before the column, or not measured)
+NOT_EVALUATED = "not evaluated"
+
+
+def verdict_badge(v: Any) -> str:
+    """A ``verdict`` cell (:func:`bench.summary.verdict_of`) as shown: 'ok', '⚠ suspect (1 of 3 seeds)',
+    or 'not evaluated'."""
+    if is_missing(v) or not isinstance(v, str) or not v:
+        return NOT_EVALUATED
+    if v.startswith("ok"):
+        return "ok"
+    rest = v.removeprefix("suspect").lstrip(": ").strip()
+    return f"⚠ suspect ({rest})" if rest and "seed" in rest else "⚠ suspect"
+
+
 def display_table(lb: pd.DataFrame) -> pd.DataFrame:
     """The table as shown: numbers stay numbers (so clicking a header sorts them), accuracies and
     compression in percent; beside each accuracy its seed spread ('± x', percentage points) and its
-    95% Wilson interval over the test points the seeds share ('[lo, hi]', percent)."""
+    95% Wilson interval over the test points the seeds share ('[lo, hi]', percent), or 'not evaluated'
+    where no seed has the accuracy (rows from before it was recorded, dense rows' transfer accuracy);
+    a verdict ('trust') as a badge: 'ok', '⚠ suspect (k of n seeds)' or 'not evaluated'."""
     def col(name, scale=1.0):
         if name not in lb.columns:
             return pd.Series(np.nan, index=lb.index)
@@ -250,9 +267,12 @@ def display_table(lb: pd.DataFrame) -> pd.DataFrame:
         if c.points:
             out[c.title] = col(f"{c.name}_mean", 100)
             out[f"± {c.stem}"] = [_pm(s, 100) for s in col(f"{c.name}_std")]
-            out[f"{c.stem} 95% CI"] = [ci_text(lo, hi) for lo, hi in zip(col(f"{c.name}_ci_low"), col(f"{c.name}_ci_high"))]
+            out[f"{c.stem} 95% CI"] = [NOT_EVALUATED if is_missing(m) else ci_text(lo, hi) for m, lo, hi in
+                                       zip(col(f"{c.name}_mean"), col(f"{c.name}_ci_low"), col(f"{c.name}_ci_high"))]
             if c.board_points:
                 out[c.points_label or c.points] = col(f"{c.name}_points")
+        elif c.agg == "verdict":
+            out[c.title] = [verdict_badge(v) for v in col(c.aggregate_key)]
         else:
             out[c.title] = col(c.aggregate_key, 100 if c.unit == "fraction" else 1.0)
     out["seeds"] = col("seeds")

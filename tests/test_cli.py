@@ -206,6 +206,9 @@ def test_bench_eval_reevaluates_the_stored_model_without_training(tmp_path, meth
     for c in ("clean_acc", "val_acc", "cond_max", "n_params", "compression", "train_seconds", "final_train_loss"):
         assert child[c] == parent[c], c
     assert pd_notna(child["robust_acc"]) and child["aa_n"] == 12 and not pd_notna(parent["robust_acc"])
+    # the columns added since gain values too: a verdict, and why there is no transfer attack here
+    assert child["trust"].startswith(("ok", "suspect: ")) and not pd_notna(parent["trust"])
+    assert child["transfer_note"].startswith("no dense run of track digits-cnn seed 0")
     assert child["run_id"] != parent["run_id"] and json.loads(child["config_json"])["evaluated_from"] == parent["run_id"]
 
     path = tmp_path / parent["model_path"]

@@ -562,7 +562,11 @@ def test_old_rows_without_the_new_columns_still_load(cifar_runs, capsys):
     assert np.isnan(v["cond_max_raw_mean"]) and v["seeds"] == 1
     # its clean interval comes from n_test (always recorded); no aa_n, so no robust interval
     assert not np.isnan(v["clean_acc_ci_low"]) and np.isnan(v["robust_acc_ci_low"])
-    assert lbd.display_table(lb.reset_index()).set_index("method").loc["vanilla_lowrank", "robust 95% CI"] == ""
+    # never attacked, so no robust accuracy at all: the cell says so (an accuracy without its points: "")
+    assert np.isnan(v["robust_acc_mean"])
+    shown = lbd.display_table(lb.reset_index()).set_index("method")
+    assert shown.loc["vanilla_lowrank", "robust 95% CI"] == "not evaluated"
+    assert shown.loc["vanilla_lowrank", "trust"] == "not evaluated"
     layers = lbd.layer_frame(old)
     assert layers["kappa_raw"].isna().all() and layers["folded"].isna().all()
     assert lbd.folded_text(None) == "not recorded"

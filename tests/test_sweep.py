@@ -32,6 +32,15 @@ def test_expand_is_seed_major_and_carries_parameters():
     assert k_mean != k_default == k_explicit
 
 
+def test_expand_runs_dense_first_within_each_seed():
+    # the compressed rows of a seed take their transfer attack from that seed's stored dense model
+    base = RunConfig(method="dense", track="digits-cnn")
+    cfgs = expand(base, parse_methods("vanilla_lowrank,robust_lowrank,dense"), [0.5], [0, 1])
+    assert [(c.seed, c.method) for c in cfgs] == [
+        (0, "dense"), (0, "vanilla_lowrank"), (0, "robust_lowrank"),
+        (1, "dense"), (1, "vanilla_lowrank"), (1, "robust_lowrank")]
+
+
 def test_a_claim_is_exclusive_until_released_and_a_dead_owner_is_taken_over(tmp_path):
     import json
     import subprocess

@@ -226,6 +226,35 @@ def _make_attack(model, step: AAStep, attacks, *, n_classes: int, seed: int, dev
     return aa
 
 
+def apgd_ce_examples(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Linf",
+                     seed: int = 0, device: torch.device | str = "cpu", batch_size: int = 250) -> torch.Tensor:
+    """APGD-CE examples of ``model`` for every point of ``(x, y)`` (CPU float32), with the standard
+    version's settings (100 iterations, 1 restart): for each point the iterate of highest
+    cross-entropy (``APGDAttack.perturb(best_loss=True)``), broken by the attack or not, so that a
+    transfer attack gets the strongest example of every point, not the clean input where APGD-CE failed.
+    ``pyautoattack`` seeds only its other branch, so the global RNG is seeded here (and restored after).
+    Its log records are dropped: they are about ``model``, not the model the examples are used on."""
+    device = torch.device(device)
+    x = x.detach().to("cpu", torch.float32).contiguous()
+    y = y.detach().to("cpu", torch.long).contiguous()
+    if not len(y):
+        return x.clone()
+    with torch.no_grad():
+        n_classes = int(model(x[:1].to(device)).shape[-1])
+    step = AAStep(norm, float(eps), "custom", ("apgd-ce",))
+    aa = _make_attack(model, step, step.attacks, n_classes=n_classes, seed=seed, device=device)
+    apgd = aa.apgd
+    apgd.loss, apgd.seed = "ce", seed
+    parts, dropped = [], []
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), capture_flags("transfer source", dropped):
+        torch.manual_seed(seed)
+        for i in range(0, len(y), batch_size):
+            adv = apgd.perturb(x[i:i + batch_size].to(device), y[i:i + batch_size].to(device), best_loss=True)
+            parts.append(adv.detach().to("cpu", torch.float32))
+    return torch.cat(parts)
+
+
 def _robust_flags(model, x, y, step: AAStep, attacks, *, n_classes: int, seed: int, device, batch_size: int,
                   state_path: Path | None) -> torch.Tensor:
     """Per-point robustness (CPU bool) of ``x`` under ``attacks`` at ``step``, resuming from ``state_path``."""
