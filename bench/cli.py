@@ -20,6 +20,8 @@ def _common_run_flags() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="data directory (default: $BENCH_DATA_DIR, then ./data)")
     p.add_argument("--results-dir", default="results", help="where the parquet rows go (default ./results)")
     p.add_argument("--n-eval", type=int, default=None, help="test points attacked (default: the track's)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="training batch size (default: the track's; another one is another configuration)")
     p.add_argument("--aa-version", choices=("standard", "plus"), default=None,
                    help="force one AutoAttack version for every ε (default: the track's protocol)")
     p.add_argument("--no-attacks", action="store_true", help="skip all attacks (clean metrics only)")
@@ -40,7 +42,6 @@ def _add_run(sub, common):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compression", type=float, default=None,
                    help="fraction of inference-form parameters removed, in [0, 1); default: the track's")
-    p.add_argument("--batch-size", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE",
                    help="method parameter, validated against the method's dataclass (repeatable)")
     p.add_argument("--objective", default="standard", metavar="NAME[KEY=VALUE,...]",
@@ -179,7 +180,7 @@ def cmd_sweep(args) -> int:
     base = RunConfig(method=methods[0][0], track=tracks[0], epochs=args.epochs, budget_seconds=args.budget_seconds,
                      device=args.device, data_dir=args.data_dir, results_dir=args.results_dir, n_eval=args.n_eval,
                      aa_version=args.aa_version, skip_attacks=args.no_attacks, num_threads=args.threads,
-                     deterministic=args.deterministic, models_dir=args.models_dir,
+                     deterministic=args.deterministic, models_dir=args.models_dir, batch_size=args.batch_size,
                      progress=sys.stderr.isatty())
     cfgs, keys, seen, comp_of = [], [], set(), {}
     # Seed-major across tracks too: a grid stopped midway leaves whole seeds of every track.

@@ -13,6 +13,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from bench import identity
 from bench.config import EvalProtocol, RunConfig, Track
 from bench.method import BuildContext, Method, MethodSkipped, OptimHP, parse_params, params_id, params_to_dict
 from bench.objective import DEFAULT_OBJECTIVE, make_objective
@@ -49,40 +50,24 @@ class Prepared:
     def eval_protocol(self) -> EvalProtocol:
         return eval_protocol_for(self.track, self.objective.eps if self.objective.adversarial else None)
 
+    def resolved(self) -> dict:
+        """The resolved configuration (the row's ``config_json``, less the device and evaluation
+        protocol): every id of the run is computed from it (:mod:`bench.identity`)."""
+        return {
+            "run": json.loads(self.cfg.to_json()),
+            "track": self.track.to_dict(),
+            "method_params": params_to_dict(self.params),
+            "epochs": self.epochs, "budget_seconds": self.budget_seconds,
+            "compression_target": self.compression, "n_eval": self.n_eval,
+            "batch_size": self.batch_size,
+            "objective": self.cfg.objective, "objective_params": params_to_dict(self.objective.params),
+        }
+
     def key(self) -> tuple:
-        """What makes two runs the same configuration (the seed included): the track, method and
-        parameters after defaults, the compression, the budget and the evaluation size."""
-        return run_key(self.track.name, self.cfg.method, params_to_dict(self.params), self.compression,
-                       self.cfg.seed, self.epochs, self.budget_seconds, self.n_eval, self.cfg.skip_attacks,
-                       self.cfg.objective, params_to_dict(self.objective.params))
+        return identity.config_key(self.resolved())
 
     def config_id(self) -> str:
-        return config_id_of(self.key())
-
-
-def run_key(track, method, params, compression, seed, epochs, budget_seconds, n_eval, skip_attacks,
-            objective: str = DEFAULT_OBJECTIVE, objective_params: dict | None = None) -> tuple:
-    key = (track, method, json.dumps(params or {}, sort_keys=True),
-           round(float(compression), 6) if compression is not None else None, int(seed),
-           epochs, budget_seconds, n_eval, bool(skip_attacks))
-    if objective != DEFAULT_OBJECTIVE:  # only then: every clean-trained row keeps the id it was written with
-        key += (objective, json.dumps(objective_params or {}, sort_keys=True))
-    return key
-
-
-def key_of_row(track: str, method: str, seed, resolved: dict) -> tuple:
-    """The key of a written row, from its ``config_json`` (rows written before ``config_id`` existed)."""
-    return run_key(track, method, resolved.get("method_params", {}), resolved.get("compression_target"), seed,
-                   resolved.get("epochs"), resolved.get("budget_seconds"), resolved.get("n_eval"),
-                   resolved.get("run", {}).get("skip_attacks", False),
-                   resolved.get("objective", DEFAULT_OBJECTIVE), resolved.get("objective_params"))
-
-
-def config_id_of(key: tuple) -> str:
-    """``cfg-`` and 12 hex digits of the key's hash: the ``config_id`` column of every row."""
-    import hashlib
-
-    return "cfg-" + hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:12]
+        return identity.config_id(self.resolved())
 
 
 def prepare(cfg: RunConfig) -> Prepared:
@@ -290,15 +275,7 @@ def _set_up(cfg: RunConfig):
 def _describe(cfg: RunConfig, p: Prepared, device) -> tuple[dict[str, Any], dict]:
     """The row's identity and provenance columns, and the resolved configuration (``config_json``)."""
     track = p.track
-    resolved = {
-        "run": json.loads(cfg.to_json()),
-        "track": track.to_dict(),
-        "method_params": params_to_dict(p.params),
-        "epochs": p.epochs, "budget_seconds": p.budget_seconds,
-        "compression_target": p.compression, "n_eval": p.n_eval, "device": str(device),
-        "batch_size": p.batch_size,
-        "objective": p.cfg.objective, "objective_params": params_to_dict(p.objective.params),
-    }
+    resolved = {**p.resolved(), "device": str(device)}
     if p.objective.adversarial:  # the protocol this run is evaluated with replaces the track's
         resolved["eval_protocol"] = dataclasses.asdict(p.eval_protocol)
     row: dict[str, Any] = {
@@ -344,7 +321,7 @@ def _train(cfg: RunConfig, p: Prepared, model, method: Method, data, device, res
                   budget=Budget(epochs=p.epochs, seconds=p.budget_seconds), batch_size=p.batch_size,
                   lr_milestones=track.lr_milestones, lr_gamma=track.lr_gamma, augment=track.augment,
                   seed=cfg.seed, device=device, progress=cfg.progress,
-                  checkpoint=Checkpointing(ckpt_path, identity=training_identity(resolved)),
+                  checkpoint=Checkpointing(ckpt_path, identity=identity.training_id(resolved)),
                   objective=p.objective, monitor=monitor)
     if stats.resumed_from_step:
         log(f"  resumed training from the checkpoint at step {stats.resumed_from_step} ({ckpt_path.name})")
@@ -478,7 +455,7 @@ def evaluate_stored(run_id: str, results_dir="results", *, n_eval: int | None = 
     resolved["evaluated_from"] = parent["run_id"]
     resolved["n_eval"], resolved["run"]["aa_version"], resolved["run"]["skip_attacks"] = n, aa_version, skip_attacks
     row["config_json"] = json.dumps(resolved, sort_keys=True, default=str)
-    row["config_id"] = config_id_of(key_of_row(track.name, parent["method"], parent["seed"], resolved))
+    row["config_id"] = identity.config_id(resolved)
     row.update(provenance(dev))
     kwargs = model_kwargs_for(track, data)
     state_dir = state_dir_for(results_dir, f"eval__{parent['run_id']}")
@@ -543,23 +520,6 @@ def checkpoint_path(results_dir, config_id: str) -> Path:
     """``<results_dir>/.ckpt/<config_id>.pt``: named by the configuration id, like its claim, its
     AutoAttack state and its row's ``config_id``, so a rerun with the same flags finds it."""
     return Path(results_dir) / ".ckpt" / f"{config_id}.pt"
-
-
-def training_identity(resolved: dict) -> str:
-    """A hash of everything that decides the trained weights (track definition, method and parameters,
-    compression, seed, budget, batch size), stored in the checkpoint: the configuration id leaves the
-    batch size and the track's definition out, so a checkpoint whose identity differs is not resumed."""
-    import hashlib
-
-    run = resolved["run"]
-    ident = {k: resolved[k] for k in ("track", "method_params", "epochs", "budget_seconds", "compression_target",
-                                      "batch_size")}
-    # adv_eps acts only through an objective's resolved parameters; a clean run's identity is as before
-    ident["track"] = {k: v for k, v in ident["track"].items() if k != "adv_eps"}
-    ident.update(method=run["method"], seed=run["seed"])
-    if resolved.get("objective", DEFAULT_OBJECTIVE) != DEFAULT_OBJECTIVE:
-        ident.update(objective=resolved["objective"], objective_params=resolved["objective_params"])
-    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _drop_checkpoint(results_dir, config_id: str) -> None:

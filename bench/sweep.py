@@ -134,8 +134,8 @@ def row_ids(results_dir) -> dict[str, set[str]]:
     """``{"ok": ids, "failed": ids}``: the ``config_id`` of every configuration with an ``ok`` row, and of
     every one whose rows are all ``failed``. Rows written before the column existed get theirs from
     their ``config_json``."""
+    from bench.identity import config_id
     from bench.results import read_results
-    from bench.runner import _is_na, config_id_of, key_of_row
 
     df = read_results(results_dir)
     out = {"ok": set(), "failed": set()}
@@ -143,11 +143,8 @@ def row_ids(results_dir) -> dict[str, set[str]]:
         cid = r.get("config_id")
         if not isinstance(cid, str) or not cid:
             try:
-                resolved = json.loads(r.get("config_json") or "{}")
-                if _is_na(r.get("seed")):
-                    continue
-                cid = config_id_of(key_of_row(r["track"], r["method"], r["seed"], resolved))
-            except (json.JSONDecodeError, TypeError, ValueError, AttributeError):
+                cid = config_id(json.loads(r.get("config_json") or "{}"))
+            except (json.JSONDecodeError, TypeError, ValueError, KeyError):
                 continue
         if r.get("status") == "ok":
             out["ok"].add(cid)
@@ -167,10 +164,9 @@ def config_key(cfg: RunConfig) -> str:
 def sweep_id(keys: list) -> str:
     """A stable id of a grid (its configurations' keys, in any order): the same grid rerun to continue
     it, or run by a second process beside the first, writes the same ``sweep_id`` into its rows."""
-    import hashlib
+    from bench import identity
 
-    blob = json.dumps(sorted(json.dumps(k, default=str) for k in keys))
-    return "sw-" + hashlib.sha256(blob.encode()).hexdigest()[:10]
+    return identity.sweep_id(keys)
 
 
 class Claim:
@@ -185,11 +181,11 @@ class Claim:
     """
 
     def __init__(self, results_dir, key):
-        import hashlib
         from pathlib import Path
 
-        digest = hashlib.sha1(json.dumps(key, default=str).encode()).hexdigest()[:16]
-        self.path = Path(results_dir) / ".claims" / f"{digest}.claim"
+        from bench.identity import claim_name
+
+        self.path = Path(results_dir) / ".claims" / claim_name(key)
         self.held = False
 
     def acquire(self) -> bool:
