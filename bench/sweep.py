@@ -7,7 +7,9 @@ import itertools
 import json
 from typing import Iterable
 
+from bench.claims import Claim  # noqa: F401 - bench.sweep.Claim, as before
 from bench.config import RunConfig
+from bench.method import parse_specs
 
 
 MethodSpec = tuple[str, dict]
@@ -20,41 +22,6 @@ def parse_methods(text: str) -> list[MethodSpec]:
     strings; the method's ``Params`` parses and validates them (as for ``--param``).
     """
     return parse_specs(text, "--methods")
-
-
-def parse_specs(text: str, what: str) -> list[MethodSpec]:
-    """``NAME[KEY=VALUE,...]`` items separated by commas outside brackets (methods, objectives);
-    ``what`` names the flag in errors."""
-    specs, depth, start = [], 0, 0
-    for i, ch in enumerate(text + ","):
-        if ch == "[":
-            depth += 1
-        elif ch == "]":
-            depth -= 1
-            if depth < 0:
-                raise ValueError(f"{what}: unbalanced ']' in {text!r}")
-        elif ch == "," and depth == 0:
-            item = text[start:i].strip()
-            start = i + 1
-            if item:
-                specs.append(_parse_one(item, what))
-    if depth:
-        raise ValueError(f"{what}: unclosed '[' in {text!r}")
-    if not specs:
-        raise ValueError(f"{what}: nothing given")
-    return specs
-
-
-def _parse_one(item: str, what: str) -> MethodSpec:
-    if "[" not in item:
-        return item, {}
-    name, rest = item.split("[", 1)
-    if not rest.endswith("]") or "[" in rest:
-        raise ValueError(f"{what}: expected NAME[KEY=VALUE,...], got {item!r}")
-    from bench.method import parse_assignments
-
-    params = parse_assignments([kv for kv in rest[:-1].split(",") if kv.strip()], what=f"{what} {item!r}")
-    return name.strip(), params
 
 
 def load_sweep_file(path, parser) -> dict:
@@ -167,83 +134,6 @@ def sweep_id(keys: list) -> str:
     from bench import identity
 
     return identity.sweep_id(keys)
-
-
-class Claim:
-    """An exclusive claim on one configuration, so that sweeps started side by side on the same
-    results directory (one per core, say) never run the same configuration twice.
-
-    The claim is a file ``<results_dir>/.claims/<hash of the key>.claim`` created with O_EXCL,
-    holding the host and pid. A claim whose process no longer exists on this host is stale and
-    taken over; a claim from another host is respected. Released when the run ends, however it ends.
-    Re-entrant: a process that holds a claim acquires it again (``bench sweep`` claims, then the
-    runner it calls claims the same configuration) and only the outer holder releases it.
-    """
-
-    def __init__(self, results_dir, key):
-        from pathlib import Path
-
-        from bench.identity import claim_name
-
-        self.path = Path(results_dir) / ".claims" / claim_name(key)
-        self.held = False
-
-    def acquire(self) -> bool:
-        import os
-        import platform
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if self.owner() == {"host": platform.node(), "pid": os.getpid()}:
-                    return True  # ours already (an outer claim): not released by this one
-                if not self._stale():
-                    return False
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump({"host": platform.node(), "pid": os.getpid()}, f)
-            self.held = True
-            return True
-        return False
-
-    def owner(self) -> dict | None:
-        """``{"host", "pid"}`` of the holder, or None when unclaimed or being written."""
-        try:
-            return json.loads(self.path.read_text() or "null")
-        except (OSError, json.JSONDecodeError):
-            return None
-
-    def _stale(self) -> bool:
-        import os
-        import platform
-
-        try:
-            owner = json.loads(self.path.read_text() or "{}")
-        except (OSError, json.JSONDecodeError):
-            return False  # being written right now
-        if owner.get("host") != platform.node():
-            return False
-        try:
-            os.kill(int(owner.get("pid", -1)), 0)
-        except ProcessLookupError:
-            return True
-        except (PermissionError, ValueError, OverflowError):
-            return False
-        return False
-
-    def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.release()
 
 
 # --------------------------------------------------------------------------------------------

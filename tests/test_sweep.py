@@ -37,11 +37,11 @@ def test_a_claim_is_exclusive_until_released_and_a_dead_owner_is_taken_over(tmp_
     import subprocess
     import sys
 
-    from bench.sweep import Claim
+    from bench.claims import Claim
 
     key = ("digits-cnn", "dense", "{}", 0.0, 0, 30, None, 360, False)
     def other_process_acquires(k) -> bool:
-        code = (f"import sys; from bench.sweep import Claim; "
+        code = (f"import sys; from bench.claims import Claim; "
                 f"sys.exit(0 if Claim({str(tmp_path)!r}, {k!r}).acquire() else 3)")
         rc = subprocess.run([sys.executable, "-c", code]).returncode
         assert rc in (0, 3), rc  # not a crash
