@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 from typing import Iterable
 
 from bench.config import RunConfig
@@ -108,10 +107,8 @@ def row_states(results_dir) -> dict[str, set[str]]:
     out = {"ok": set(), "failed": set(), "interrupted": set()}
     for r in df.to_dict("records"):
         cid = r.get("config_id")
-        if not isinstance(cid, str) or not cid:
-            cid = _config_id_of_old_row(r)
-            if cid is None:
-                continue
+        if not isinstance(cid, str) or not cid:  # every row bench writes has one (scripts/migrate_results.py)
+            continue
         if r.get("status") == "ok":
             out["ok"].add(cid)
         elif r.get("status") == "failed":
@@ -120,11 +117,3 @@ def row_states(results_dir) -> dict[str, set[str]]:
     out["interrupted"] -= out["ok"] | out["failed"]
     return out
 
-
-def _config_id_of_old_row(r: dict) -> str | None:
-    from bench.identity import config_id
-
-    try:
-        return config_id(json.loads(r.get("config_json") or "{}"))
-    except (json.JSONDecodeError, TypeError, ValueError, KeyError):
-        return None

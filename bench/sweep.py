@@ -124,6 +124,7 @@ def write_failed_row(cfg: RunConfig, key: str, error: str):
     return write_row({"run_id": new_run_id(), "status": "failed", "error": error, "method": cfg.method,
                       "method_params": json.dumps(cfg.method_params, sort_keys=True), "track": cfg.track,
                       "seed": cfg.seed, "compression_target": cfg.compression, "sweep_id": cfg.sweep_id,
+                      "objective": cfg.objective, "objective_params": json.dumps(cfg.objective_params, sort_keys=True),
                       "config_id": key,
                       "config_json": json.dumps(resolved, sort_keys=True, default=str)},
                      cfg.results_dir)
