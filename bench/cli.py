@@ -20,6 +20,8 @@ def _common_run_flags() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="data directory (default: $BENCH_DATA_DIR, then ./data)")
     p.add_argument("--results-dir", default="results", help="where the parquet rows go (default ./results)")
     p.add_argument("--n-eval", type=int, default=None, help="test points attacked (default: the track's)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="training batch size (default: the track's; another one is another configuration)")
     p.add_argument("--aa-version", choices=("standard", "plus"), default=None,
                    help="force one AutoAttack version for every ε (default: the track's protocol)")
     p.add_argument("--no-attacks", action="store_true", help="skip all attacks (clean metrics only)")
@@ -40,13 +42,44 @@ def _add_run(sub, common):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compression", type=float, default=None,
                    help="fraction of inference-form parameters removed, in [0, 1); default: the track's")
-    p.add_argument("--batch-size", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE",
                    help="method parameter, validated against the method's dataclass (repeatable)")
     p.add_argument("--objective", default="standard", metavar="NAME[KEY=VALUE,...]",
                    help="training objective, e.g. 'pgd_at[eps=0.3,steps=10]' (see `bench list --objectives`; "
                         "default standard: clean cross-entropy)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def _add_sweep_flags(p) -> None:
+    p.add_argument("--file", "-f", default=None, metavar="GRID.toml",
+                    help="read the grid and any of these flags from a TOML file (flags given here win)")
+    p.add_argument("--tracks", default=None, help="comma-separated tracks: one grid over all of them (instead of --track)")
+    p.add_argument("--methods", default=None,
+                    help="comma-separated methods, each optionally with parameters: "
+                         "'dense,robust_lowrank[mode=mean,kappa=2]'; or 'all'")
+    p.add_argument("--compressions", default=None, help="comma-separated targets (default: the track's)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    p.add_argument("--objectives", default=None,
+                    help="comma-separated training objectives, each optionally with parameters: "
+                         "'standard,pgd_at[eps=0.3,steps=10]' (default standard)")
+    p.add_argument("--rerun", action="store_true", help="run configurations that already have an ok row too")
+    p.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
+    p.add_argument("--retry-failed", action="store_true",
+                    help="rerun configurations whose earlier runs all failed (skipped by default)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                    help="local: one configuration after another in this process; ray: one Ray task each")
+    p.add_argument("--address", default=None, help="Ray: join this cluster (default: start a local instance)")
+    p.add_argument("--cpus-per-run", type=float, default=1, help="Ray: CPUs each run asks for (default 1)")
+    p.add_argument("--gpus-per-run", type=float, default=0, help="Ray: GPUs each run asks for (default 0)")
+
+
+def sweep_file_parser() -> argparse.ArgumentParser:
+    """The sweep's flags in a parser that raises instead of exiting: what reads a sweep file
+    (bench.sweep.load_sweep_file)."""
+    p = argparse.ArgumentParser(parents=[_common_run_flags()], add_help=False, exit_on_error=False,
+                                allow_abbrev=False)
+    _add_sweep_flags(p)
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,26 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the reference of every result column (markdown, as docs/columns.md)")
     pw = sub.add_parser("sweep", parents=[common],
                         help="run a grid: tracks x methods x compressions x seeds, skipping done runs")
-    pw.add_argument("--file", "-f", default=None, metavar="GRID.toml",
-                    help="read the grid and any of these flags from a TOML file (flags given here win)")
-    pw.add_argument("--tracks", default=None, help="comma-separated tracks: one grid over all of them (instead of --track)")
-    pw.add_argument("--methods", default=None,
-                    help="comma-separated methods, each optionally with parameters: "
-                         "'dense,robust_lowrank[mode=mean,kappa=2]'; or 'all'")
-    pw.add_argument("--compressions", default=None, help="comma-separated targets (default: the track's)")
-    pw.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
-    pw.add_argument("--objectives", default=None,
-                    help="comma-separated training objectives, each optionally with parameters: "
-                         "'standard,pgd_at[eps=0.3,steps=10]' (default standard)")
-    pw.add_argument("--rerun", action="store_true", help="run configurations that already have an ok row too")
-    pw.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
-    pw.add_argument("--retry-failed", action="store_true",
-                    help="rerun configurations whose earlier runs all failed (skipped by default)")
-    pw.add_argument("--executor", choices=("local", "ray"), default="local",
-                    help="local: one configuration after another in this process; ray: one Ray task each")
-    pw.add_argument("--address", default=None, help="Ray: join this cluster (default: start a local instance)")
-    pw.add_argument("--cpus-per-run", type=float, default=1, help="Ray: CPUs each run asks for (default 1)")
-    pw.add_argument("--gpus-per-run", type=float, default=0, help="Ray: GPUs each run asks for (default 0)")
+    _add_sweep_flags(pw)
     pe = sub.add_parser("eval", help="re-evaluate a stored model with the current protocol (no retraining)",
                         description="Load the trained model of a run from the model store (its sha256 checked), "
                                     "evaluate it with its track's current protocol and write a new row whose "
@@ -128,21 +142,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_run(args) -> int:
+def _run_config(args, **fields):
+    """A RunConfig from the flags `bench run` and `bench sweep` share, and ``fields``."""
     from bench.config import RunConfig
+
+    return RunConfig(epochs=args.epochs, budget_seconds=args.budget_seconds, device=args.device,
+                     data_dir=args.data_dir, results_dir=args.results_dir, n_eval=args.n_eval,
+                     aa_version=args.aa_version, skip_attacks=args.no_attacks, batch_size=args.batch_size,
+                     num_threads=args.threads, deterministic=args.deterministic, models_dir=args.models_dir,
+                     **fields)
+
+
+def cmd_run(args) -> int:
     from bench import runner
     from bench.objective import objective_spec
 
     objective, objective_params = objective_spec(args.objective)
-    cfg = RunConfig(
-        method=args.method, track=args.track, seed=args.seed, objective=objective, objective_params=objective_params,
-        method_params=_params_dict(args.param), epochs=args.epochs, budget_seconds=args.budget_seconds,
-        compression=args.compression, device=args.device, data_dir=args.data_dir,
-        results_dir=args.results_dir, n_eval=args.n_eval, aa_version=args.aa_version,
-        skip_attacks=args.no_attacks, batch_size=args.batch_size, num_threads=args.threads,
-        deterministic=args.deterministic, models_dir=args.models_dir,
-        progress=not args.quiet and sys.stderr.isatty(),
-    )
+    cfg = _run_config(args, method=args.method, track=args.track, seed=args.seed, objective=objective,
+                      objective_params=objective_params, method_params=_params_dict(args.param),
+                      compression=args.compression, progress=not args.quiet and sys.stderr.isatty())
     prepared = runner.prepare(cfg)
     budget = f"{prepared.epochs:g} epochs" if prepared.epochs is not None else ""
     if prepared.budget_seconds is not None:
@@ -162,83 +180,55 @@ def cmd_run(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    import dataclasses
     import time
 
-    from bench.config import RunConfig
-    from bench.method import MethodSkipped
+    from bench.plan import grid, plan
     from bench.registry import METHODS
     from bench.results import check_writable
-    from bench.runner import prepare
-    from bench.sweep import expand, parse_methods, parse_specs, row_ids, sweep_id
+    from bench.sweep import execute, parse_methods, parse_specs
 
     if not args.methods:
         raise ValueError("bench sweep: no methods: give --methods or `methods = [...]` in the --file")
     methods = [(m, {}) for m in METHODS.names()] if args.methods == "all" else parse_methods(args.methods)
-    comps = [float(c) for c in str(args.compressions).split(",")] if args.compressions else [None]
-    seeds = [int(s) for s in str(args.seeds).split(",")]
-    objectives = parse_specs(args.objectives, "--objectives") if args.objectives else [("standard", {})]
     tracks = [t.strip() for t in args.tracks.split(",") if t.strip()] if args.tracks else [args.track]
-    base = RunConfig(method=methods[0][0], track=tracks[0], epochs=args.epochs, budget_seconds=args.budget_seconds,
-                     device=args.device, data_dir=args.data_dir, results_dir=args.results_dir, n_eval=args.n_eval,
-                     aa_version=args.aa_version, skip_attacks=args.no_attacks, num_threads=args.threads,
-                     deterministic=args.deterministic, models_dir=args.models_dir,
-                     progress=sys.stderr.isatty())
-    cfgs, keys, seen, comp_of = [], [], set(), {}
-    # Seed-major across tracks too: a grid stopped midway leaves whole seeds of every track.
-    grid = [c for s in seeds for t in tracks
-            for c in expand(dataclasses.replace(base, track=t), methods, comps, [s], objectives)]
-    declined = {}
-    for cfg in grid:
-        try:
-            p = prepare(cfg)  # validates every config before the first run starts
-        except MethodSkipped as exc:  # the method's own skip(track): leave it out, say why (once)
-            declined.setdefault((cfg.method, cfg.track), str(exc))
-            continue
-        cid = p.config_id()
-        if cid not in seen:  # dense ignores the compression target: one run per seed
-            seen.add(cid)
-            cfgs.append((cfg, cid))
-            keys.append(p.key())
-            comp_of[cid] = p.compression
-    have = {"ok": set(), "failed": set()} if args.rerun else row_ids(args.results_dir)
-    skip = have["ok"] | (set() if args.retry_failed else have["failed"])
-    todo = [(c, k) for c, k in cfgs if k not in skip]
-    n_failed_before = sum(k in have["failed"] for _, k in cfgs)
-    sid = sweep_id(keys)
-    todo = [(dataclasses.replace(c, sweep_id=sid), k) for c, k in todo]
-    head = f"bench sweep {sid}: {len(cfgs)} configurations"
-    head += f" on {len(tracks)} tracks" if len(tracks) > 1 else ""
-    head += f", {sum(k in have['ok'] for _, k in cfgs)} already done"
-    if n_failed_before:
-        head += f", {n_failed_before} failed before (" + (
+    cfgs = grid(_run_config(args, method=methods[0][0], track=tracks[0], progress=sys.stderr.isatty()), tracks,
+                methods, [float(c) for c in str(args.compressions).split(",")] if args.compressions else [None],
+                [int(s) for s in str(args.seeds).split(",")],
+                parse_specs(args.objectives, "--objectives") if args.objectives else [("standard", {})])
+    pl = plan(cfgs, args.results_dir, rerun=args.rerun, retry_failed=args.retry_failed)
+    head = f"bench sweep {pl.sweep_id}: {len(pl.configs)} configurations"
+    head += f" on {pl.n_tracks} tracks" if pl.n_tracks > 1 else ""
+    head += f", {len(pl.done)} already done"
+    if pl.failed:
+        head += f", {len(pl.failed)} failed before (" + (
             "rerun)" if args.retry_failed else "skipped; --retry-failed reruns them)")
-    print(f"{head}, {len(todo)} to run", flush=True)
-    for reason in declined.values():
+    if pl.interrupted:
+        head += f", {len(pl.interrupted)} stopped by the machinery before (rerun)"
+    print(f"{head}, {len(pl.todo)} to run", flush=True)
+    for reason in pl.declined:
         print(f"  left out: {reason}", flush=True)
     if args.dry_run:
-        for cfg, key in todo:
-            print(f"  {key}  {cfg.track} {cfg.method}{_params_text(cfg)} compression={comp_of[key]:g} "
-                  f"seed={cfg.seed}")
+        for q in pl.todo:
+            print(f"  {q.config_id}  {q.cfg.track} {q.cfg.method}{_params_text(q.cfg)} "
+                  f"compression={q.compression:g} seed={q.cfg.seed}")
         return 0
     check_writable(args.results_dir)
-    counts = {"ok": 0, "failed": 0, "skipped": 0}
-    slots = {"n": 1}
-    t_start = time.time()
+    counts, slots, t_start = {"ok": 0, "failed": 0, "skipped": 0}, {"n": 1}, time.time()
+
+    def what(cfg) -> str:
+        text = f"{cfg.method}{_params_text(cfg)} compression={cfg.compression} seed={cfg.seed}"
+        return f"{cfg.track} {text}" if pl.n_tracks > 1 else text
 
     def report(cfg, summary) -> None:
         counts[summary["status"]] += 1
-        what = f"{cfg.method}{_params_text(cfg)} compression={cfg.compression} seed={cfg.seed}"
-        what = f"{cfg.track} {what}" if len(tracks) > 1 else what
         if summary["status"] == "ok":
-            print(f"    {what}: clean {fmt(summary.get('clean_acc'))}  robust {fmt(summary.get('robust_acc'))}  "
+            print(f"    {what(cfg)}: clean {fmt(summary.get('clean_acc'))}  robust {fmt(summary.get('robust_acc'))}  "
                   f"cond_max {fmt(summary.get('cond_max'), '.3g')}  -> {Path(summary['file']).name}", flush=True)
         elif summary["status"] == "failed":
-            print(f"    {what}: failed: {summary['error']}", file=sys.stderr, flush=True)
+            print(f"    {what(cfg)}: failed: {summary['error']}", file=sys.stderr, flush=True)
         else:
-            print(f"    {what}: done or running elsewhere, skipped", flush=True)
-        ran = counts["ok"] + counts["failed"]
-        left = len(todo) - sum(counts.values())
+            print(f"    {what(cfg)}: done or running elsewhere, skipped", flush=True)
+        ran, left = counts["ok"] + counts["failed"], len(pl.todo) - sum(counts.values())
         running = min(left, slots["n"]) if args.executor == "ray" else 0
         line = (f"  progress: {counts['ok']} done, {counts['failed']} failed, {counts['skipped']} skipped "
                 f"(elsewhere), {running} running, {left - running} waiting")
@@ -248,24 +238,15 @@ def cmd_sweep(args) -> int:
             line += f"; {per_run / 60:.1f} min per run, ETA {eta}"
         print(line, flush=True)
 
-    if args.executor == "ray" and todo:
-        from bench.sweep import run_on_ray
+    def started(n_slots: int, where: str) -> None:
+        slots["n"] = max(1, n_slots)
+        print(f"  executor: Ray ({where}), {args.cpus_per_run:g} CPU and "
+              f"{args.gpus_per_run:g} GPU per run, {slots['n']} at a time", flush=True)
 
-        def started(n_slots: int, where: str) -> None:
-            slots["n"] = max(1, n_slots)
-            print(f"  executor: Ray ({where}), {args.cpus_per_run:g} CPU and "
-                  f"{args.gpus_per_run:g} GPU per run, {slots['n']} at a time", flush=True)
-
-        run_on_ray(todo, args.results_dir, address=args.address, cpus_per_run=args.cpus_per_run,
-                   gpus_per_run=args.gpus_per_run, rerun=args.rerun, on_result=report, on_start=started)
-    elif todo:
-        from bench.sweep import run_one
-
-        for i, (cfg, key) in enumerate(todo, 1):
-            where = f"{cfg.track} " if len(tracks) > 1 else ""
-            print(f"[{i}/{len(todo)}] {where}{cfg.method}{_params_text(cfg)} compression={cfg.compression} "
-                  f"seed={cfg.seed}", flush=True)
-            report(cfg, run_one(cfg, key, args.results_dir, args.rerun))
+    execute(pl.todo, args.results_dir, executor=args.executor, rerun=args.rerun, on_result=report,
+            on_begin=lambda i, cfg: print(f"[{i}/{len(pl.todo)}] {what(cfg)}", flush=True),
+            **({"address": args.address, "cpus_per_run": args.cpus_per_run, "gpus_per_run": args.gpus_per_run,
+                "on_start": started} if args.executor == "ray" else {}))
     return 1 if counts["failed"] else 0
 
 
@@ -488,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         from bench.sweep import load_sweep_file
 
         try:  # the file's values become the defaults, so flags on the command line win
-            parser.sweep_parser.set_defaults(**load_sweep_file(args.file, parser.sweep_parser))
+            parser.sweep_parser.set_defaults(**load_sweep_file(args.file, sweep_file_parser()))
         except (OSError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -165,6 +165,39 @@ def parse_assignments(items, what: str = "--param") -> dict[str, str]:
     return out
 
 
+def parse_specs(text: str, what: str) -> list[tuple[str, dict]]:
+    """``NAME[KEY=VALUE,...]`` items separated by commas outside brackets (methods, objectives);
+    ``what`` names the flag in errors."""
+    specs, depth, start = [], 0, 0
+    for i, ch in enumerate(text + ","):
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f"{what}: unbalanced ']' in {text!r}")
+        elif ch == "," and depth == 0:
+            item = text[start:i].strip()
+            start = i + 1
+            if item:
+                specs.append(_parse_one(item, what))
+    if depth:
+        raise ValueError(f"{what}: unclosed '[' in {text!r}")
+    if not specs:
+        raise ValueError(f"{what}: nothing given")
+    return specs
+
+
+def _parse_one(item: str, what: str) -> tuple[str, dict]:
+    if "[" not in item:
+        return item, {}
+    name, rest = item.split("[", 1)
+    if not rest.endswith("]") or "[" in rest:
+        raise ValueError(f"{what}: expected NAME[KEY=VALUE,...], got {item!r}")
+    params = parse_assignments([kv for kv in rest[:-1].split(",") if kv.strip()], what=f"{what} {item!r}")
+    return name.strip(), params
+
+
 def parse_params(params_cls: type, items: list[str] | dict[str, Any] | None):
     """Build ``params_cls`` from ``["key=value", ...]`` (CLI) or a dict, validating names and types."""
     if items is None:

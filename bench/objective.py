@@ -59,7 +59,7 @@ class Objective:
 
 def objective_spec(text: str) -> tuple[str, dict[str, str]]:
     """``"pgd_at[eps=0.3,steps=10]"`` -> ``("pgd_at", {"eps": "0.3", "steps": "10"})``."""
-    from bench.sweep import parse_specs
+    from bench.method import parse_specs
 
     specs = parse_specs(text, "--objective")
     if len(specs) != 1:

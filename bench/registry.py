@@ -150,18 +150,8 @@ def _where(obj: Any) -> str:
     return f"{mod}.{qual}"
 
 
-#: Built-in methods: every module in the ``methods`` package is imported on first lookup (one file = one
-#: method); modules listed here are imported too (kept for methods that live elsewhere).
-BUILTIN_METHOD_MODULES = (
-    "methods.dense",
-    "methods.vanilla_lowrank",
-    "methods.pruning",
-    "methods.robust_lowrank",
-    "methods.svd_prune",
-    "methods.orthogonal_dense",
-)
-
-METHODS: Registry[Any] = Registry("method", builtin_modules=BUILTIN_METHOD_MODULES, builtin_packages=("methods",),
+#: Built-in methods: every module of the ``methods`` package (one file = one method), then the entry points.
+METHODS: Registry[Any] = Registry("method", builtin_packages=("methods",),
                                   entry_point_group="bench.methods")
 MODELS: Registry[Any] = Registry("model", builtin_modules=("bench.models",))
 #: Metric families (:class:`bench.columns.MetricFamily`): every module of ``bench/metrics/families/`` and

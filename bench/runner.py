@@ -13,6 +13,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from bench import identity, store
+from bench.claims import Claim
 from bench.config import EvalProtocol, RunConfig, Track
 from bench.method import BuildContext, Method, MethodSkipped, OptimHP, parse_params, params_id, params_to_dict
 from bench.objective import DEFAULT_OBJECTIVE, make_objective
@@ -49,40 +51,24 @@ class Prepared:
     def eval_protocol(self) -> EvalProtocol:
         return eval_protocol_for(self.track, self.objective.eps if self.objective.adversarial else None)
 
+    def resolved(self) -> dict:
+        """The resolved configuration (the row's ``config_json``, less the device and evaluation
+        protocol): every id of the run is computed from it (:mod:`bench.identity`)."""
+        return {
+            "run": json.loads(self.cfg.to_json()),
+            "track": self.track.to_dict(),
+            "method_params": params_to_dict(self.params),
+            "epochs": self.epochs, "budget_seconds": self.budget_seconds,
+            "compression_target": self.compression, "n_eval": self.n_eval,
+            "batch_size": self.batch_size,
+            "objective": self.cfg.objective, "objective_params": params_to_dict(self.objective.params),
+        }
+
     def key(self) -> tuple:
-        """What makes two runs the same configuration (the seed included): the track, method and
-        parameters after defaults, the compression, the budget and the evaluation size."""
-        return run_key(self.track.name, self.cfg.method, params_to_dict(self.params), self.compression,
-                       self.cfg.seed, self.epochs, self.budget_seconds, self.n_eval, self.cfg.skip_attacks,
-                       self.cfg.objective, params_to_dict(self.objective.params))
+        return identity.config_key(self.resolved())
 
     def config_id(self) -> str:
-        return config_id_of(self.key())
-
-
-def run_key(track, method, params, compression, seed, epochs, budget_seconds, n_eval, skip_attacks,
-            objective: str = DEFAULT_OBJECTIVE, objective_params: dict | None = None) -> tuple:
-    key = (track, method, json.dumps(params or {}, sort_keys=True),
-           round(float(compression), 6) if compression is not None else None, int(seed),
-           epochs, budget_seconds, n_eval, bool(skip_attacks))
-    if objective != DEFAULT_OBJECTIVE:  # only then: every clean-trained row keeps the id it was written with
-        key += (objective, json.dumps(objective_params or {}, sort_keys=True))
-    return key
-
-
-def key_of_row(track: str, method: str, seed, resolved: dict) -> tuple:
-    """The key of a written row, from its ``config_json`` (rows written before ``config_id`` existed)."""
-    return run_key(track, method, resolved.get("method_params", {}), resolved.get("compression_target"), seed,
-                   resolved.get("epochs"), resolved.get("budget_seconds"), resolved.get("n_eval"),
-                   resolved.get("run", {}).get("skip_attacks", False),
-                   resolved.get("objective", DEFAULT_OBJECTIVE), resolved.get("objective_params"))
-
-
-def config_id_of(key: tuple) -> str:
-    """``cfg-`` and 12 hex digits of the key's hash: the ``config_id`` column of every row."""
-    import hashlib
-
-    return "cfg-" + hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:12]
+        return identity.config_id(self.resolved())
 
 
 def prepare(cfg: RunConfig) -> Prepared:
@@ -240,16 +226,12 @@ def run(cfg: RunConfig, *, prepared: Prepared | None = None, log=print) -> tuple
     AutoAttack state are keyed by the configuration, so an identical run started beside it would
     share and delete them; that second run stops at once with :class:`RunBusy` instead.
     """
-    from bench.sweep import Claim
-
     p = prepared or prepare(cfg)
     check_writable(cfg.results_dir)  # before hours of training, not after
     with Claim(cfg.results_dir, p.config_id()) as claim:
         if not claim.acquire():
-            who = claim.owner() or {}
             raise RunBusy(f"the same configuration ({p.config_id()}) is already running on this results directory "
-                          f"(host {who.get('host', '?')}, pid {who.get('pid', '?')}); wait for it, or change the "
-                          f"seed or the results directory")
+                          f"({claim.holder()}); wait for it, or change the seed or the results directory")
         return _run(cfg, p, log)
 
 
@@ -290,15 +272,7 @@ def _set_up(cfg: RunConfig):
 def _describe(cfg: RunConfig, p: Prepared, device) -> tuple[dict[str, Any], dict]:
     """The row's identity and provenance columns, and the resolved configuration (``config_json``)."""
     track = p.track
-    resolved = {
-        "run": json.loads(cfg.to_json()),
-        "track": track.to_dict(),
-        "method_params": params_to_dict(p.params),
-        "epochs": p.epochs, "budget_seconds": p.budget_seconds,
-        "compression_target": p.compression, "n_eval": p.n_eval, "device": str(device),
-        "batch_size": p.batch_size,
-        "objective": p.cfg.objective, "objective_params": params_to_dict(p.objective.params),
-    }
+    resolved = {**p.resolved(), "device": str(device)}
     if p.objective.adversarial:  # the protocol this run is evaluated with replaces the track's
         resolved["eval_protocol"] = dataclasses.asdict(p.eval_protocol)
     row: dict[str, Any] = {
@@ -336,7 +310,7 @@ def _train(cfg: RunConfig, p: Prepared, model, method: Method, data, device, res
 
     track = p.track
     hp = OptimHP(lr=track.lr, momentum=track.momentum, weight_decay=track.weight_decay, nesterov=track.nesterov)
-    ckpt_path = checkpoint_path(cfg.results_dir, p.config_id())
+    ckpt_path = store.checkpoint_path(cfg.results_dir, p.config_id())
     # the catastrophic-overfitting monitor needs the attack's ε (an objective without one has none)
     eps = p.objective.eps if p.objective.adversarial else None
     monitor = pgd_monitor(data, eps, device, cfg.seed) if eps is not None else None
@@ -344,13 +318,14 @@ def _train(cfg: RunConfig, p: Prepared, model, method: Method, data, device, res
                   budget=Budget(epochs=p.epochs, seconds=p.budget_seconds), batch_size=p.batch_size,
                   lr_milestones=track.lr_milestones, lr_gamma=track.lr_gamma, augment=track.augment,
                   seed=cfg.seed, device=device, progress=cfg.progress,
-                  checkpoint=Checkpointing(ckpt_path, identity=training_identity(resolved)),
+                  checkpoint=Checkpointing(ckpt_path, identity=identity.training_id(resolved)),
                   objective=p.objective, monitor=monitor)
     if stats.resumed_from_step:
         log(f"  resumed training from the checkpoint at step {stats.resumed_from_step} ({ckpt_path.name})")
     method.finalize(model)
     model.eval()
-    row.update(store_model(model, method, cfg, row["run_id"]))
+    row.update(store.store_model(model, method, results_dir=cfg.results_dir, models=_models(cfg),
+                                 config_id=row["config_id"], run_id=row["run_id"]))
     row.update(epochs=stats.epochs, steps=stats.steps, train_seconds=stats.train_seconds,
                images_per_second=stats.images_per_second, stopped_by=stats.stopped_by,
                final_train_loss=stats.last_loss, resumed_from_step=stats.resumed_from_step,
@@ -384,56 +359,21 @@ def _evaluate(cfg: RunConfig, p: Prepared, model, data, device, model_kwargs: di
 
 
 def _write(cfg: RunConfig, row: dict) -> Path:
-    """Write the row (atomically); the checkpoint has served its purpose once the row is safe."""
+    """Name the stored model by the run, write the row (atomically); then the checkpoint has served
+    its purpose."""
+    store.publish_model(_models(cfg), row["config_id"], row["run_id"])
     path = write_row(row, cfg.results_dir)
-    _drop_checkpoint(cfg.results_dir, row["config_id"])
+    store.drop_checkpoint(cfg.results_dir, row["config_id"])
     return path
 
 
-def models_dir(cfg: RunConfig) -> Path:
-    """The model store: ``cfg.models_dir``, else ``<results_dir>/.models`` (git-ignored)."""
-    return Path(cfg.models_dir) if cfg.models_dir else Path(cfg.results_dir) / ".models"
-
-
-def store_model(model, method: Method, cfg: RunConfig, run_id: str) -> dict:
-    """Keep the trained model (state dict + the method's state, for ``torch.load(weights_only=True)``)
-    as ``<models dir>/<run_id>.pt``; the row's ``model_path`` (relative to the results directory
-    when inside it) and ``model_sha256``."""
-    import hashlib
-
-    import torch
-
-    from bench.train import _save_checkpoint
-
-    path = models_dir(cfg) / f"{run_id}.pt"
-    _save_checkpoint(path, {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                            "method": method.checkpoint_state(), "torch_version": str(torch.__version__)})
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    try:
-        shown = path.resolve().relative_to(Path(cfg.results_dir).resolve())
-    except ValueError:
-        shown = path.resolve()
-    return {"model_path": str(shown), "model_sha256": digest}
+def _models(cfg: RunConfig) -> Path:
+    return store.models_dir(cfg.results_dir, cfg.models_dir)
 
 
 def load_stored_model(parent: dict, results_dir, data, track: Track, *, device, log=print):
     """Rebuild the trained model of result row ``parent`` from the model store (checking its sha256)."""
-    import hashlib
-
-    import torch
-
-    from bench.models import build_model
-
-    if not parent.get("model_path"):
-        raise ValueError(f"run {parent['run_id']} has no stored model (it was written before the model store "
-                         f"existed); rerun it with bench run to get one")
-    path = Path(parent["model_path"])
-    path = path if path.is_absolute() else Path(results_dir) / path
-    if not path.exists():
-        raise ValueError(f"run {parent['run_id']}: its model {path} is missing")
-    if hashlib.sha256(path.read_bytes()).hexdigest() != parent.get("model_sha256"):
-        raise ValueError(f"run {parent['run_id']}: {path} does not match the row's model_sha256 (changed or corrupt)")
-    stored = torch.load(path, map_location="cpu", weights_only=True)
+    stored = store.read_model(parent, results_dir)
     resolved = json.loads(parent["config_json"])
     method_cls = METHODS.get(parent["method"])
     method: Method = method_cls(parse_params(method_cls.Params, resolved["method_params"]))
@@ -578,20 +518,17 @@ def evaluate_stored(run_id: str, results_dir="results", *, n_eval: int | None = 
         resolved["evaluated_only"] = list(_TRANSFER_FAMILIES)
     resolved["n_eval"], resolved["run"]["aa_version"], resolved["run"]["skip_attacks"] = n, aa_version, skip_attacks
     row["config_json"] = json.dumps(resolved, sort_keys=True, default=str)
-    row["config_id"] = config_id_of(key_of_row(track.name, parent["method"], parent["seed"], resolved))
+    row["config_id"] = identity.config_id(resolved)
     row.update(provenance(dev))
     kwargs = model_kwargs_for(track, data)
     state_dir = state_dir_for(results_dir, f"eval__{parent['run_id']}")
     ectx = EvalContext(device=dev, n_eval=n, aa_version=aa_version, skip_attacks=skip_attacks, state_dir=state_dir,
                        dense_factory=lambda: build_model(track.arch, **kwargs), progress=progress,
                        seed=int(parent["seed"]), transfer_source=transfer_source(results_dir, parent, data, track, dev))
-    from bench.sweep import Claim
-
     with Claim(results_dir, ("eval", parent["run_id"])) as claim:  # the state folder is per parent run
         if not claim.acquire():
-            who = claim.owner() or {}
             raise RunBusy(f"run {parent['run_id']} is already being re-evaluated on this results directory "
-                          f"(host {who.get('host', '?')}, pid {who.get('pid', '?')}); wait for it")
+                          f"({claim.holder()}); wait for it")
         adv = resolved.get("objective", DEFAULT_OBJECTIVE) != DEFAULT_OBJECTIVE
         protocol = eval_protocol_for(track, resolved["objective_params"].get("eps") if adv else None)
         row.update(evaluate(model, data, protocol, ectx, only=_TRANSFER_FAMILIES if transfer_only else None,
@@ -642,37 +579,3 @@ def load_dataset_for(track: Track, data_dir):
     from bench.data import load_dataset
 
     return load_dataset(track.dataset, data_dir, val_fraction=track.val_fraction, train_subset=track.train_subset)
-
-
-def checkpoint_path(results_dir, config_id: str) -> Path:
-    """``<results_dir>/.ckpt/<config_id>.pt``: named by the configuration id, like its claim, its
-    AutoAttack state and its row's ``config_id``, so a rerun with the same flags finds it."""
-    return Path(results_dir) / ".ckpt" / f"{config_id}.pt"
-
-
-def training_identity(resolved: dict) -> str:
-    """A hash of everything that decides the trained weights (track definition, method and parameters,
-    compression, seed, budget, batch size), stored in the checkpoint: the configuration id leaves the
-    batch size and the track's definition out, so a checkpoint whose identity differs is not resumed."""
-    import hashlib
-
-    run = resolved["run"]
-    ident = {k: resolved[k] for k in ("track", "method_params", "epochs", "budget_seconds", "compression_target",
-                                      "batch_size")}
-    # adv_eps acts only through an objective's resolved parameters; a clean run's identity is as before
-    ident["track"] = {k: v for k, v in ident["track"].items() if k != "adv_eps"}
-    ident.update(method=run["method"], seed=run["seed"])
-    if resolved.get("objective", DEFAULT_OBJECTIVE) != DEFAULT_OBJECTIVE:
-        ident.update(objective=resolved["objective"], objective_params=resolved["objective_params"])
-    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _drop_checkpoint(results_dir, config_id: str) -> None:
-    path = checkpoint_path(results_dir, config_id)
-    path.unlink(missing_ok=True)
-    for partial in path.parent.glob(f".{path.name}.*.partial"):  # left by a writer killed mid-save
-        partial.unlink(missing_ok=True)
-    try:
-        path.parent.rmdir()  # only when empty
-    except OSError:
-        pass

@@ -7,7 +7,10 @@ import itertools
 import json
 from typing import Iterable
 
+from bench.claims import Claim  # noqa: F401 - bench.sweep.Claim, as before
 from bench.config import RunConfig
+from bench.method import parse_specs
+from bench.plan import expand, row_states  # noqa: F401 - bench.sweep.expand, as before
 
 
 MethodSpec = tuple[str, dict]
@@ -22,39 +25,8 @@ def parse_methods(text: str) -> list[MethodSpec]:
     return parse_specs(text, "--methods")
 
 
-def parse_specs(text: str, what: str) -> list[MethodSpec]:
-    """``NAME[KEY=VALUE,...]`` items separated by commas outside brackets (methods, objectives);
-    ``what`` names the flag in errors."""
-    specs, depth, start = [], 0, 0
-    for i, ch in enumerate(text + ","):
-        if ch == "[":
-            depth += 1
-        elif ch == "]":
-            depth -= 1
-            if depth < 0:
-                raise ValueError(f"{what}: unbalanced ']' in {text!r}")
-        elif ch == "," and depth == 0:
-            item = text[start:i].strip()
-            start = i + 1
-            if item:
-                specs.append(_parse_one(item, what))
-    if depth:
-        raise ValueError(f"{what}: unclosed '[' in {text!r}")
-    if not specs:
-        raise ValueError(f"{what}: nothing given")
-    return specs
-
-
-def _parse_one(item: str, what: str) -> MethodSpec:
-    if "[" not in item:
-        return item, {}
-    name, rest = item.split("[", 1)
-    if not rest.endswith("]") or "[" in rest:
-        raise ValueError(f"{what}: expected NAME[KEY=VALUE,...], got {item!r}")
-    from bench.method import parse_assignments
-
-    params = parse_assignments([kv for kv in rest[:-1].split(",") if kv.strip()], what=f"{what} {item!r}")
-    return name.strip(), params
+#: the flags a sweep file may give as a TOML list (joined with commas)
+LIST_KEYS = ("methods", "tracks", "compressions", "seeds", "objectives")
 
 
 def load_sweep_file(path, parser) -> dict:
@@ -67,10 +39,13 @@ def load_sweep_file(path, parser) -> dict:
         seeds = [0, 1, 2]
         objectives = ["standard", "pgd_at[eps=0.3,steps=10]"]
         threads = 1
-        data-dir = "../shared/data"
+        data-dir = "data"
 
-    An unknown key or a value of the wrong kind is a ``ValueError`` naming it.
+    Each key is parsed as its flag by ``parser`` (the sweep's flags, built with
+    ``exit_on_error=False``), so a file accepts exactly what the command line does. An unknown key
+    or a value of the wrong kind is a ``ValueError`` naming it.
     """
+    import argparse
     import tomllib
 
     try:
@@ -78,84 +53,32 @@ def load_sweep_file(path, parser) -> dict:
             raw = tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"sweep file {path}: not valid TOML: {exc}") from exc
-    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "file")}
-    flags = {opt.lstrip("-").replace("-", "_"): a.dest for a in actions.values() for opt in a.option_strings
-             if opt.startswith("--")}
     out = {}
     for key, value in raw.items():
-        dest = flags.get(key.replace("-", "_"))
-        if dest is None:
-            allowed = ", ".join(sorted(k.replace("_", "-") for k in flags))
-            raise ValueError(f"sweep file {path}: unknown key {key!r}; allowed: {allowed}")
-        action = actions[dest]
+        flag, dest = "--" + key.replace("_", "-"), key.replace("-", "_")
+        try:
+            known = flag not in parser.parse_known_args([flag])[1]
+        except argparse.ArgumentError:  # it wants a value: it exists
+            known = True
+        if not known or dest == "file":
+            raise ValueError(f"sweep file {path}: unknown key {key!r} (the keys are `bench sweep`'s flags)")
         if isinstance(value, list):
-            if dest not in ("methods", "tracks", "compressions", "seeds", "objectives"):
+            if dest not in LIST_KEYS:
                 raise ValueError(f"sweep file {path}: {key!r} takes one value, got a list")
             if not value:
                 raise ValueError(f"sweep file {path}: {key!r} is an empty list")
             value = ",".join(str(v) for v in value)
-        if action.nargs == 0:  # a switch such as --no-attacks
-            if not isinstance(value, bool):
-                raise ValueError(f"sweep file {path}: {key!r} is true or false, got {value!r}")
-        elif isinstance(value, (dict, bool)):
+        if isinstance(value, dict):
             raise ValueError(f"sweep file {path}: {key!r} takes a value, got {value!r}")
-        elif action.choices and value not in action.choices:
-            raise ValueError(f"sweep file {path}: {key!r} must be one of {sorted(action.choices)}, got {value!r}")
-        elif action.type is not None:
-            try:
-                value = action.type(value)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"sweep file {path}: {key!r}: {exc}") from exc
-        out[dest] = value
-    return out
-
-
-def expand(base: RunConfig, methods: Iterable[str | MethodSpec], compressions: Iterable[float | None],
-           seeds: Iterable[int], objectives: Iterable[MethodSpec] | None = None) -> list[RunConfig]:
-    """The grid, seed-major: every objective, method and compression of seed 0, then of seed 1, ...
-    (``objectives`` None: the base config's).
-
-    So a sweep stopped midway leaves whole seeds, comparable across methods, not all seeds of
-    the first methods and none of the rest. Within a seed ``dense`` runs first, wherever it is
-    listed: the compressed rows of that seed take their transfer attack from its stored model.
-    """
-    specs = [(m, {}) if isinstance(m, str) else m for m in methods]
-    specs.sort(key=lambda spec: spec[0] != "dense")  # stable: the other methods keep their order
-    objs = list(objectives) if objectives is not None else [(base.objective, base.objective_params)]
-    return [dataclasses.replace(base, method=m, method_params=dict(p), compression=c, seed=s, objective=o,
-                                objective_params=dict(op))
-            for s, (o, op), (m, p), c in itertools.product(seeds, objs, specs, compressions)]
-
-
-def done_keys(results_dir) -> set[str]:
-    """``config_id`` of the successful runs already in ``results_dir``."""
-    return row_ids(results_dir)["ok"]
-
-
-def row_ids(results_dir) -> dict[str, set[str]]:
-    """``{"ok": ids, "failed": ids}``: the ``config_id`` of every configuration with an ``ok`` row, and of
-    every one whose rows are all ``failed``. Rows written before the column existed get theirs from
-    their ``config_json``."""
-    from bench.results import read_results
-    from bench.runner import _is_na, config_id_of, key_of_row
-
-    df = read_results(results_dir)
-    out = {"ok": set(), "failed": set()}
-    for r in df.to_dict("records"):
-        cid = r.get("config_id")
-        if not isinstance(cid, str) or not cid:
-            try:
-                resolved = json.loads(r.get("config_json") or "{}")
-                if _is_na(r.get("seed")):
-                    continue
-                cid = config_id_of(key_of_row(r["track"], r["method"], r["seed"], resolved))
-            except (json.JSONDecodeError, TypeError, ValueError, AttributeError):
-                continue
-        if r.get("status") == "ok":
-            out["ok"].add(cid)
-        elif r.get("status") == "failed":
-            out["failed"].add(cid)
-    out["failed"] -= out["ok"]
+        argv = [flag] if isinstance(value, bool) else [flag, str(value)]
+        try:
+            ns, extra = parser.parse_known_args(argv)
+        except argparse.ArgumentError as exc:
+            what = "takes a value" if isinstance(value, bool) else exc.message
+            raise ValueError(f"sweep file {path}: {key!r}: {what}") from None
+        if extra:
+            raise ValueError(f"sweep file {path}: {key!r} is true or false, got {value!r}")
+        out[dest] = value if isinstance(value, bool) else getattr(ns, dest)
     return out
 
 
@@ -164,92 +87,6 @@ def config_key(cfg: RunConfig) -> str:
     from bench.runner import prepare
 
     return prepare(cfg).config_id()
-
-
-def sweep_id(keys: list) -> str:
-    """A stable id of a grid (its configurations' keys, in any order): the same grid rerun to continue
-    it, or run by a second process beside the first, writes the same ``sweep_id`` into its rows."""
-    import hashlib
-
-    blob = json.dumps(sorted(json.dumps(k, default=str) for k in keys))
-    return "sw-" + hashlib.sha256(blob.encode()).hexdigest()[:10]
-
-
-class Claim:
-    """An exclusive claim on one configuration, so that sweeps started side by side on the same
-    results directory (one per core, say) never run the same configuration twice.
-
-    The claim is a file ``<results_dir>/.claims/<hash of the key>.claim`` created with O_EXCL,
-    holding the host and pid. A claim whose process no longer exists on this host is stale and
-    taken over; a claim from another host is respected. Released when the run ends, however it ends.
-    Re-entrant: a process that holds a claim acquires it again (``bench sweep`` claims, then the
-    runner it calls claims the same configuration) and only the outer holder releases it.
-    """
-
-    def __init__(self, results_dir, key):
-        import hashlib
-        from pathlib import Path
-
-        digest = hashlib.sha1(json.dumps(key, default=str).encode()).hexdigest()[:16]
-        self.path = Path(results_dir) / ".claims" / f"{digest}.claim"
-        self.held = False
-
-    def acquire(self) -> bool:
-        import os
-        import platform
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if self.owner() == {"host": platform.node(), "pid": os.getpid()}:
-                    return True  # ours already (an outer claim): not released by this one
-                if not self._stale():
-                    return False
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump({"host": platform.node(), "pid": os.getpid()}, f)
-            self.held = True
-            return True
-        return False
-
-    def owner(self) -> dict | None:
-        """``{"host", "pid"}`` of the holder, or None when unclaimed or being written."""
-        try:
-            return json.loads(self.path.read_text() or "null")
-        except (OSError, json.JSONDecodeError):
-            return None
-
-    def _stale(self) -> bool:
-        import os
-        import platform
-
-        try:
-            owner = json.loads(self.path.read_text() or "{}")
-        except (OSError, json.JSONDecodeError):
-            return False  # being written right now
-        if owner.get("host") != platform.node():
-            return False
-        try:
-            os.kill(int(owner.get("pid", -1)), 0)
-        except ProcessLookupError:
-            return True
-        except (PermissionError, ValueError, OverflowError):
-            return False
-        return False
-
-    def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.release()
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,7 +98,7 @@ def run_one(cfg: RunConfig, key: str, results_dir, rerun: bool = False) -> dict:
     from bench import runner
 
     with Claim(results_dir, key) as claim:
-        if not claim.acquire() or (not rerun and key in done_keys(results_dir)):
+        if not claim.acquire() or (not rerun and key in row_states(results_dir)["ok"]):
             return {"status": "skipped"}
         try:
             row, path = runner.run(cfg)
@@ -278,13 +115,37 @@ def write_failed_row(cfg: RunConfig, key: str, error: str):
     """A ``failed`` row for configuration ``key`` (its ``config_id``) that failed outside the runner
     (a crashed worker, a bad device)."""
     from bench.results import new_run_id, write_row
+    from bench.runner import prepare
 
+    try:  # the resolved configuration when there is one: its config_id can be recomputed from it
+        resolved = prepare(cfg).resolved()
+    except Exception:  # noqa: BLE001 - the row is written either way
+        resolved = {"run": json.loads(cfg.to_json())}
     return write_row({"run_id": new_run_id(), "status": "failed", "error": error, "method": cfg.method,
                       "method_params": json.dumps(cfg.method_params, sort_keys=True), "track": cfg.track,
                       "seed": cfg.seed, "compression_target": cfg.compression, "sweep_id": cfg.sweep_id,
+                      "objective": cfg.objective, "objective_params": json.dumps(cfg.objective_params, sort_keys=True),
                       "config_id": key,
-                      "config_json": json.dumps({"run": json.loads(cfg.to_json())}, sort_keys=True)},
+                      "config_json": json.dumps(resolved, sort_keys=True, default=str)},
                      cfg.results_dir)
+
+
+def execute(todo, results_dir, *, executor: str = "local", rerun: bool = False, on_begin=None, on_result=None,
+            **ray_options) -> list[dict]:
+    """Run a plan's ``todo`` (:class:`bench.plan.Planned`) here, one after another (``on_begin(i, cfg)``
+    before each), or on Ray (``ray_options``: :func:`run_on_ray`'s); ``on_result(cfg, summary)`` as
+    each ends. Returns the summaries."""
+    pairs = [(q.cfg, q.config_id) for q in todo]
+    if executor == "ray":
+        return run_on_ray(pairs, results_dir, rerun=rerun, on_result=on_result, **ray_options) if pairs else []
+    out = []
+    for i, (cfg, key) in enumerate(pairs, 1):
+        if on_begin is not None:
+            on_begin(i, cfg)
+        out.append(run_one(cfg, key, results_dir, rerun))
+        if on_result is not None:
+            on_result(cfg, out[-1])
+    return out
 
 
 def _ray_task(cfg_dict: dict, key: str, results_dir: str, rerun: bool) -> dict:

@@ -108,7 +108,7 @@ class Checkpointing:
     path: str | os.PathLike
     every_steps: int | None = None
     every_seconds: float | None = 600.0
-    #: what decides the trained weights (bench.runner.training_identity); a checkpoint saved under
+    #: what decides the trained weights (bench.identity.training_id); a checkpoint saved under
     #: another identity is not resumed (training starts over and overwrites it)
     identity: str = ""
 

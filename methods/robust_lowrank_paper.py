@@ -78,7 +78,7 @@ class PaperCondLRSGD(torch.optim.SGD):
         stiefel = [p for l in self.layers for p in (l.U, l.V)]
         ids = {id(p) for p in stiefel}
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-        super().__init__([{"params": rest}, {"params": stiefel, "weight_decay": 0.0, "stiefel": True}],
+        super().__init__([{"params": rest}, {"params": stiefel, "weight_decay": 0.0}],
                          lr=lr, momentum=momentum, weight_decay=weight_decay)
 
     @torch.no_grad()

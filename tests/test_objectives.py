@@ -150,13 +150,14 @@ def test_old_rows_load_as_standard_with_their_ids(repo_root):
     """A committed row written before objectives existed: 'standard', and its config id and training
     identity recomputed exactly as when it was written."""
     from bench.results import read_results
-    from bench.runner import config_id_of, key_of_row, prepare, training_identity
+    from bench.identity import config_id, training_id
+    from bench.runner import prepare
 
     df = read_results(repo_root / "results")
     r = df[df["run_id"] == "1d1c4057cb7f"].iloc[0]
     assert "objective" not in json.loads(r["config_json"])  # written before objectives existed
     assert (r["objective"], r["objective_params"]) == ("standard", "{}")
     resolved = json.loads(r["config_json"])
-    assert config_id_of(key_of_row(r["track"], r["method"], r["seed"], resolved)) == r["config_id"] == "cfg-417fa2ad9455"
+    assert config_id(resolved) == r["config_id"] == "cfg-417fa2ad9455"
     assert prepare(RunConfig(**resolved["run"])).config_id() == r["config_id"]
-    assert training_identity(resolved) == "75f4a32e8d11f9c2"  # the value the code before objectives gave
+    assert training_id(resolved) == "75f4a32e8d11f9c2"  # the value the code before objectives gave

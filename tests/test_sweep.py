@@ -1,5 +1,7 @@
 """Grid expansion: method specs with parameters, seed-major order."""
 
+import json
+
 import pytest
 
 from bench.config import RunConfig
@@ -46,11 +48,11 @@ def test_a_claim_is_exclusive_until_released_and_a_dead_owner_is_taken_over(tmp_
     import subprocess
     import sys
 
-    from bench.sweep import Claim
+    from bench.claims import Claim
 
     key = ("digits-cnn", "dense", "{}", 0.0, 0, 30, None, 360, False)
     def other_process_acquires(k) -> bool:
-        code = (f"import sys; from bench.sweep import Claim; "
+        code = (f"import sys; from bench.claims import Claim; "
                 f"sys.exit(0 if Claim({str(tmp_path)!r}, {k!r}).acquire() else 3)")
         rc = subprocess.run([sys.executable, "-c", code]).returncode
         assert rc in (0, 3), rc  # not a crash
@@ -71,3 +73,29 @@ def test_a_claim_is_exclusive_until_released_and_a_dead_owner_is_taken_over(tmp_
     owner = json.loads(again.path.read_text())
     again.path.write_text(json.dumps({**owner, "pid": int(dead.stdout)}))
     assert Claim(tmp_path, key).acquire()
+
+
+def test_a_failure_of_the_machinery_is_rerun_and_a_configurations_own_failure_is_not(tmp_path):
+    """A sweep's plan: the rows a Ray raylet death or an interrupted run leave are rerun by the next
+    sweep; a configuration that failed by itself is skipped (unless retried)."""
+    from bench.plan import grid, plan
+    from bench.sweep import write_failed_row
+
+    base = RunConfig(method="dense", track="digits-cnn", results_dir=str(tmp_path), epochs=0.05, skip_attacks=True)
+    cfgs = grid(base, ["digits-cnn"], [("dense", {})], [None], [0, 1, 2, 3], [("standard", {})])
+    first = plan(cfgs, tmp_path)
+    assert len(first.todo) == 4 and not first.failed and not first.interrupted
+    by_seed = {q.cfg.seed: q for q in first.configs}
+    write_failed_row(by_seed[0].cfg, by_seed[0].config_id,
+                     "LocalRayletDiedError: The task's local raylet died. Check raylet.out for more information.")
+    write_failed_row(by_seed[1].cfg, by_seed[1].config_id, "Interrupted: stopped by SIGTERM")
+    write_failed_row(by_seed[2].cfg, by_seed[2].config_id, "ValueError: --device cuda:7: CUDA is not available")
+    again = plan(cfgs, tmp_path)
+    assert [q.cfg.seed for q in again.interrupted] == [0, 1] and [q.cfg.seed for q in again.failed] == [2]
+    assert [q.cfg.seed for q in again.todo] == [0, 1, 3]
+    assert [q.cfg.seed for q in plan(cfgs, tmp_path, retry_failed=True).todo] == [0, 1, 2, 3]
+    # a failed row's configuration can be recomputed from its config_json
+    from bench.identity import config_id
+    from bench.results import read_results
+
+    assert all(config_id(json.loads(c)) == i for c, i in zip(*read_results(tmp_path)[["config_json", "config_id"]].T.values))

@@ -117,7 +117,7 @@ class ManifoldSGD(torch.optim.SGD):
         stiefel = [p for l in layers for p in (l.U, l.V)]
         ids = {id(p) for p in stiefel}
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-        return [{"params": rest}, {"params": stiefel, "weight_decay": 0.0, "stiefel": True}]
+        return [{"params": rest}, {"params": stiefel, "weight_decay": 0.0}]
 
     def _experimental_parts(self, devices: set[str]) -> tuple[GraphedStep | None, WorkerPool | None]:
         """The parts of the experimental features asked for, checked against the devices."""
