@@ -92,16 +92,26 @@ def config_key(cfg: RunConfig) -> str:
 # --------------------------------------------------------------------------------------------
 # executors: one configuration after another here, or one Ray task per configuration
 # --------------------------------------------------------------------------------------------
-def run_one(cfg: RunConfig, key: str, results_dir, rerun: bool = False) -> dict:
+def run_one(cfg: RunConfig, key: str, results_dir, rerun: bool = False, *, stop_on_interrupt: bool = False) -> dict:
     """Claim ``cfg``, skip it when done or running elsewhere, else run it. Returns a summary dict:
-    ``{"status": "ok" | "failed" | "skipped", "run_id", "clean_acc", "robust_acc", "cond_max", "error", "file"}``."""
+    ``{"status": "ok" | "failed" | "skipped", "run_id", "clean_acc", "robust_acc", "cond_max", "error", "file"}``.
+
+    A run stopped by SIGTERM (:class:`bench.method.Interrupted`, its checkpoint written) gets a
+    ``failed`` row the next sweep reruns; with ``stop_on_interrupt`` (a local sweep: the signal was
+    for the whole process) it is raised instead, so the sweep stops rather than start the next run."""
     from bench import runner
+    from bench.method import Interrupted
 
     with Claim(results_dir, key) as claim:
         if not claim.acquire() or (not rerun and key in row_states(results_dir)["ok"]):
             return {"status": "skipped"}
         try:
             row, path = runner.run(cfg)
+        except Interrupted:
+            if stop_on_interrupt:
+                raise
+            path = write_failed_row(cfg, key, f"Interrupted: SIGTERM; the checkpoint stays for the rerun")
+            return {"status": "failed", "error": "Interrupted", "file": str(path)}
         except runner.RunError as exc:
             return {"status": "failed", "error": str(exc), "file": str(exc.path) if exc.path else None}
         except Exception as exc:  # noqa: BLE001 - failed before the runner could write a row: write one here
@@ -142,7 +152,7 @@ def execute(todo, results_dir, *, executor: str = "local", rerun: bool = False, 
     for i, (cfg, key) in enumerate(pairs, 1):
         if on_begin is not None:
             on_begin(i, cfg)
-        out.append(run_one(cfg, key, results_dir, rerun))
+        out.append(run_one(cfg, key, results_dir, rerun, stop_on_interrupt=True))
         if on_result is not None:
             on_result(cfg, out[-1])
     return out

@@ -183,6 +183,24 @@ def test_a_killed_bench_run_resumes_from_its_checkpoint_to_the_same_result(tmp_p
     assert not (cut / ".ckpt").exists()  # dropped once the row is written
 
 
+def test_a_sigterm_stops_a_local_sweep_instead_of_starting_the_next_run(tmp_path):
+    """SIGTERM is for the whole sweep: the run in flight keeps its checkpoint, nothing else starts, and
+    the next `bench sweep` resumes it."""
+    import signal
+
+    args = ["sweep", "--methods", "dense,robust_lowrank", "--epochs", "12", "--no-attacks", "--threads", "1"]
+    proc = _start_until(args, tmp_path, lambda: list((tmp_path / ".ckpt").glob("[!.]*.pt")), timeout=300,
+                        what="its first checkpoint")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "run the same command again to resume" in err, out + err
+    assert "[2/2]" not in out and not list(tmp_path.glob("*.parquet"))  # the second run never started
+    r = _bench(args, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert sorted(read_results(tmp_path)["status"]) == ["ok", "ok"]
+    assert "resumed training from the checkpoint" in r.stdout
+
+
 @pytest.mark.parametrize("method", ["svd_prune", "pruning"])  # the two that change structure
 def test_bench_eval_reevaluates_the_stored_model_without_training(tmp_path, method, capsys):
     import torch
