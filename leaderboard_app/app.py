@@ -480,7 +480,7 @@ def _paper_section(paper: pd.DataFrame, shown_runs: pd.DataFrame, in_track: pd.D
                                        help="the paper's method, its parameters and compression ratio"),
         "eps": cc.NumberColumn("ε", format="%.4g", width=60),
         lbd.PAPER_LABEL: cc.NumberColumn(lbd.PAPER_LABEL, format=pct, width=115,
-                                         help="as published (REFERENCE.md §6); not produced by this benchmark"),
+                                         help="as published (RobustDLRT, arXiv 2505.08022, tables 4 and 7, quoting the CondLR paper); not produced by this benchmark"),
         "our configuration": cc.TextColumn("our configuration", width=170,
                                            help="our runs in view of the matching method; empty: none"),
         "ours": cc.NumberColumn("ours", format=pct, width=80, help="our mean over seeds at the same attack and ε"),

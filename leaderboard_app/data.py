@@ -706,7 +706,7 @@ def track_info(runs: pd.DataFrame) -> dict:
 
 # ---------------------------------------------------------------- the paper's numbers
 
-#: the published numbers (REFERENCE.md §6), shown beside ours and never ranked
+#: the published numbers, shown beside ours and never ranked
 PAPER_REFERENCE = Path(__file__).resolve().parent / "paper_reference.csv"
 PAPER_COLUMNS = ("paper", "dataset", "arch", "method", "bench_method", "method_params", "compression",
                  "compression_kind", "attack", "norm", "eps", "metric", "value", "unit", "source", "note")
