@@ -117,7 +117,7 @@ def _tradeoff_chart(lb: pd.DataFrame, metric: str, methods: list[str], y_title: 
 
 
 def _curve_chart(curves: pd.DataFrame, methods: list[str], family: str,
-                 paper: pd.DataFrame | None = None) -> alt.LayerChart:
+                 paper: pd.DataFrame | None = None, band: pd.DataFrame | None = None) -> alt.LayerChart:
     """Our mean curves; the headline ε (standard AutoAttack) as a large diamond; the paper's reported
     numbers, when given, as hollow squares in the colour of the matching method, with their own legend entry."""
     norm = lbd.FAMILY_NORM[family]
@@ -129,6 +129,12 @@ def _curve_chart(curves: pd.DataFrame, methods: list[str], family: str,
     line = alt.Chart(curves).mark_line(point=alt.OverlayMarkDef(size=60), strokeWidth=2.5).encode(
         x=x, y=y, color=_color(methods), detail="label:N", tooltip=tooltip)
     layers = [line]
+    if band is not None and not band.empty:  # certified ≤ true ≤ AutoAttack: the truth lies in the band
+        layers.insert(0, alt.Chart(band).mark_area(opacity=0.12).encode(
+            x=x, y=alt.Y("certified:Q"), y2=alt.Y2("attacked:Q"), color=_color(methods), detail="label:N",
+            tooltip=[alt.Tooltip("label:N", title="configuration"), alt.Tooltip("eps:Q", format=".4g"),
+                     alt.Tooltip("certified:Q", title="certified", format=".1%"),
+                     alt.Tooltip("attacked:Q", title="AutoAttack", format=".1%")]))
     head = curves[curves["headline"].astype(bool)] if "headline" in curves.columns else curves.iloc[0:0]
     if not head.empty:
         head = head.assign(marker=[f"headline ε: {s}" for s in head["attack_set"]])
@@ -532,8 +538,12 @@ def _plots(ok_lb: pd.DataFrame, shown_runs: pd.DataFrame, all_methods: list[str]
             ref = lbd.paper_curve_points(paper, family) if paper is not None else None
             if ref is not None:
                 ref = ref[ref["method"].isin(all_methods)]
-            st.altair_chart(_curve_chart(curves, all_methods, family, ref), width="stretch")
+            band = lbd.config_bracket_band(shown_runs, family)
+            st.altair_chart(_curve_chart(curves, all_methods, family, ref, band), width="stretch")
             notes = []
+            if not band.empty:
+                notes.append("Shaded: from the certified accuracy (a lower bound) up to AutoAttack's (an upper "
+                             "bound); the true robust accuracy lies in between.")
             if family in ("aa_linf", "aa_l2"):
                 at_eps = {s: sorted(set(part["eps"])) for s, part in points.groupby("attack_set", sort=False)}
                 notes.append("Attacks: " + "; ".join(f"{s} at ε={', '.join(lbd.eps_text(e) for e in eps)}"

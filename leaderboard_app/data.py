@@ -646,6 +646,27 @@ def bracket_band(part: pd.DataFrame) -> pd.DataFrame:
     return cert.merge(att, on="eps").sort_values("eps").reset_index(drop=True)
 
 
+#: the certified curve family under each AutoAttack family (the bracket certified ≤ true ≤ AutoAttack)
+CERTIFIED_UNDER = {"aa_linf": "certified_linf", "aa_l2": "certified_l2"}
+
+
+def config_bracket_band(runs: pd.DataFrame, family: str) -> pd.DataFrame:
+    """label, method, eps, certified, attacked: per configuration (means over seeds), the band between its
+    certified and its AutoAttack accuracy at the ε where it has both; empty for other families or
+    runs without certified curves."""
+    cols = ["label", "method", "eps", "certified", "attacked"]
+    cert_family = CERTIFIED_UNDER.get(family)
+    if cert_family is None:
+        return pd.DataFrame(columns=cols)
+    att = mean_curves(curve_points(runs, family))[["label", "method", "eps", "acc"]].rename(columns={"acc": "attacked"})
+    cert = mean_curves(curve_points(runs, cert_family))[["label", "eps", "acc"]].rename(columns={"acc": "certified"})
+    if att.empty or cert.empty:
+        return pd.DataFrame(columns=cols)
+    att["key"], cert["key"] = att["eps"].round(9), cert["eps"].round(9)
+    out = att.merge(cert.drop(columns="eps"), on=["label", "key"]).drop(columns="key")
+    return out.sort_values(["label", "eps"]).reset_index(drop=True)[cols]
+
+
 def run_curves(r: Any) -> pd.DataFrame:
     """All curve points of one run: ``family`` (a :data:`CURVES` id), ``attack`` (its
     :func:`family_label` for this run), ``norm``, eps, acc, and the AutoAttack details."""

@@ -665,3 +665,25 @@ def test_objective_is_a_filter_never_ranked_together(real_runs, tmp_path, monkey
     at.selectbox(key="objective::digits-cnn").set_value("pgd_at").run()
     _no_exception(at)
     assert list(_table(at)["method"]) == ["dense"]
+
+
+def test_the_curve_chart_band_runs_from_certified_to_autoattack_per_configuration():
+    """The main ε-chart's bracket: per configuration, the seed means of the certified and the AutoAttack
+    curve at the ε where both exist (and nothing for a family without a certified counterpart)."""
+    from leaderboard_app import data as lbd
+
+    def run(seed, aa, cert):
+        return {"run_id": f"r{seed}", "method": "robust_lowrank", "method_params": "{}", "compression_target": 0.5,
+                "seed": seed, "robust_eps": 0.1, "label": "robust_lowrank @ 0.5",
+                "aa_curve": [{"norm": "Linf", "eps": e, "acc": a, "version": "custom", "attacks": ["apgd-ce"]}
+                             for e, a in aa],
+                "certified_linf_curve": [{"eps": e, "acc": a} for e, a in cert]}
+
+    runs = pd.DataFrame([run(0, [(0.05, 0.9), (0.1, 0.6)], [(0.05, 0.3), (0.1, 0.1), (0.2, 0.0)]),
+                         run(1, [(0.05, 0.8), (0.1, 0.4)], [(0.05, 0.1), (0.1, 0.1), (0.2, 0.0)])])
+    runs["label"] = [lbd.label_of(r) for _, r in runs.iterrows()]
+    band = lbd.config_bracket_band(runs, "aa_linf")
+    assert band["eps"].tolist() == [0.05, 0.1]  # 0.2 has no AutoAttack point
+    assert np.allclose(band["attacked"], [0.85, 0.5]) and np.allclose(band["certified"], [0.2, 0.1])
+    assert (band["certified"] <= band["attacked"]).all()
+    assert lbd.config_bracket_band(runs, "aa_l2").empty and lbd.config_bracket_band(runs, "fgsm").empty
