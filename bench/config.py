@@ -30,7 +30,9 @@ class EvalProtocol:
     attack_points_seed: int = 0
     linf_eps: tuple[float, ...] = (0.02, 0.05, 0.1)  # AutoAttack Linf curve (headline_eps is added if missing)
     headline_eps: float = 0.05  # the Linf ε reported as robust_acc / robust_eps
-    headline_version: str = "standard"  # AutoAttack version at the headline ε: 'standard' | 'plus'
+    #: AutoAttack at the headline ε: 'standard' | 'plus', or 'custom' (``curve_attacks`` there too: a
+    #: cheaper protocol that must say so, e.g. the first-run track)
+    headline_version: str = "standard"
     curve_attacks: tuple[str, ...] = ("apgd-ce", "apgd-t")  # the rest of the curve (version 'custom')
     l2_eps: tuple[float, ...] = ()  # optional AutoAttack L2 curve (curve_attacks)
     fgsm_eps: tuple[float, ...] = (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06)  # paper grid
@@ -42,8 +44,8 @@ class EvalProtocol:
     sensitivity_points: int = 64  # first test points for the empirical relative condition number
 
     def __post_init__(self):
-        if self.headline_version not in ("standard", "plus"):
-            raise ValueError(f"headline_version must be 'standard' or 'plus', got {self.headline_version!r}")
+        if self.headline_version not in ("standard", "plus", "custom"):
+            raise ValueError(f"headline_version must be 'standard', 'plus' or 'custom', got {self.headline_version!r}")
         known = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
         if not self.curve_attacks or any(a not in known for a in self.curve_attacks):
             raise ValueError(f"curve_attacks must be a non-empty subset of {known}, got {self.curve_attacks}")

@@ -79,6 +79,22 @@ _BUILTIN = [
         adv_eps=0.1,
     ),
     Track(
+        name="digits-quick",
+        dataset="digits",
+        arch="digits_cnn",
+        description="digits-cnn's data, model and training with a first-look evaluation: APGD-CE + APGD-T only "
+                    "(no FAB-T, no Square) on 120 test points; meant to finish within a minute on 2 CPU cores",
+        epochs=30, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4,
+        lr_milestones=(0.6, 0.85), lr_gamma=0.3, val_fraction=0.2, compression=0.5,
+        differs="no published counterpart; a weaker, smaller evaluation than digits-cnn's (its rows are not "
+                "comparable with digits-cnn's standard AutoAttack rows)",
+        eval=EvalProtocol(
+            n_eval=120, linf_eps=(0.05, 0.1, 0.2), headline_eps=0.1, headline_version="custom", l2_eps=(),
+            fgsm_eps=(0.0, 0.05, 0.1, 0.15, 0.2), pgd_linf_eps=(0.05, 0.1, 0.2),
+            pgd_l2_eps=(0.25, 0.5, 1.0), sensitivity_points=32,
+        ),
+    ),
+    Track(
         name="mnist-lenet5", dataset="mnist", arch="lenet5",
         description=f"MNIST, {_LENET}; SGD lr 0.1, momentum 0.3, 120 epochs",
         lr=0.1, momentum=0.3, normalization="none", compression=0.5, eval=_MNIST_EVAL, adv_eps=_MNIST_ADV,

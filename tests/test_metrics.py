@@ -3,6 +3,7 @@ robustness is known in closed form, FLOPs counted by hand, Jacobians computed ex
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -163,6 +164,24 @@ def test_plan_curve_forced_version_and_validation():
         plan_curve(linf_eps=(0.1,), force_version="fast")
     with pytest.raises(ValueError):
         plan_curve(linf_eps=(0.1,), curve_attacks=("pgd",))
+    with pytest.raises(ValueError):
+        plan_curve(linf_eps=(0.1,), headline_eps=0.1, headline_version="fast")
+
+
+def test_a_custom_headline_runs_the_curve_attacks_there_too():
+    """The first-run track's protocol: no standard AutoAttack anywhere, and the protocol says so."""
+    from bench.registry import TRACKS
+
+    steps = plan_curve(linf_eps=(0.2,), headline_eps=0.1, curve_attacks=("apgd-ce", "apgd-t"),
+                       headline_version="custom")
+    assert [(s.eps, s.version, s.attacks) for s in steps] == [(0.1, "custom", ("apgd-ce", "apgd-t")),
+                                                              (0.2, "custom", ("apgd-ce", "apgd-t"))]
+    quick = TRACKS.get("digits-quick")
+    assert quick.eval.headline_version == "custom" and "no Square" in quick.description
+    assert (quick.arch, quick.epochs, quick.lr) == (TRACKS.get("digits-cnn").arch, TRACKS.get("digits-cnn").epochs,
+                                                    TRACKS.get("digits-cnn").lr)
+    with pytest.raises(ValueError, match="headline_version"):
+        dataclasses.replace(quick.eval, headline_version="fast")
 
 
 def test_standard_version_on_a_tiny_model():

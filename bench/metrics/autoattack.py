@@ -104,11 +104,14 @@ def plan_curve(*, linf_eps: Iterable[float] = (), l2_eps: Iterable[float] = (), 
     """The attack steps of a protocol: Linf ε ascending (the headline ε added if missing), then L2.
 
     ``force_version`` ('standard' or 'plus') runs that version at every ε; otherwise the
-    headline ε (Linf) runs ``headline_version`` and every other ε the custom ``curve_attacks``.
+    headline ε (Linf) runs ``headline_version`` ('custom': the ``curve_attacks`` there too) and every
+    other ε the custom ``curve_attacks``.
     """
-    for v in (headline_version, force_version):
-        if v is not None and v not in VERSION_ATTACKS:
-            raise ValueError(f"AutoAttack version must be one of {sorted(VERSION_ATTACKS)}, got {v!r}")
+    if headline_version not in VERSION_ATTACKS and headline_version != "custom":
+        raise ValueError(f"the headline version must be one of {sorted(VERSION_ATTACKS)} or 'custom', "
+                         f"got {headline_version!r}")
+    if force_version is not None and force_version not in VERSION_ATTACKS:
+        raise ValueError(f"AutoAttack version must be one of {sorted(VERSION_ATTACKS)}, got {force_version!r}")
     curve_attacks = tuple(curve_attacks)
     bad = [a for a in curve_attacks if a not in KNOWN_ATTACKS]
     if bad or not curve_attacks:
