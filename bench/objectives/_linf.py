@@ -16,14 +16,20 @@ class LinfParams:
     alpha: float | None = None
 
     def __post_init__(self):
-        if self.eps is not None and not 0 < self.eps <= 1:
-            raise ValueError(f"eps must be in (0, 1] (pixels in [0, 1]), got {self.eps}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.alpha is not None and not self.alpha > 0:
-            raise ValueError(f"alpha must be > 0, got {self.alpha}")
-        if self.alpha is None and self.eps is not None:  # resolved now, so rows and ids carry the number
-            object.__setattr__(self, "alpha", 2.5 * self.eps / self.steps)
+        check_eps_alpha(self, 2.5 / self.steps)
+
+
+def check_eps_alpha(params, default_alpha_per_eps: float) -> None:
+    """Validate a frozen params' ``eps`` and ``alpha``, and resolve ``alpha`` None to ``default_alpha_per_eps``·ε
+    now, so rows and ids carry the number."""
+    if params.eps is not None and not 0 < params.eps <= 1:
+        raise ValueError(f"eps must be in (0, 1] (pixels in [0, 1]), got {params.eps}")
+    if params.alpha is not None and not params.alpha > 0:
+        raise ValueError(f"alpha must be > 0, got {params.alpha}")
+    if params.alpha is None and params.eps is not None:
+        object.__setattr__(params, "alpha", default_alpha_per_eps * params.eps)
 
 
 def ascend(loss_of, x, delta, *, eps: float, alpha: float, steps: int):

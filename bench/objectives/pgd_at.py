@@ -22,12 +22,15 @@ class PgdAt(Objective):
     Params = PgdAtParams
     adversarial = True
 
+    def steps(self) -> int:
+        return self.params.steps
+
     def generate(self, model, x, y):
         import torch.nn.functional as F
 
         p = self.params
         return ascend(lambda xa: F.cross_entropy(model(xa), y), x, uniform_start(x, p.eps),
-                      eps=p.eps, alpha=p.alpha, steps=p.steps)
+                      eps=p.eps, alpha=p.alpha, steps=self.steps())
 
     def loss(self, model, x, y, x_adv):
         import torch.nn.functional as F
@@ -35,4 +38,4 @@ class PgdAt(Objective):
         return F.cross_entropy(model(x_adv), y)
 
     def passes(self) -> tuple[int, int]:
-        return self.params.steps + 1, self.params.steps + 1
+        return self.steps() + 1, self.steps() + 1
