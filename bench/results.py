@@ -153,27 +153,32 @@ def check_writable(results_dir: str | os.PathLike, min_free_mb: float = 50.0) ->
     return d
 
 
+def write_atomically(path: str | os.PathLike, write, *, prefix: str = ".tmp-", suffix: str = "") -> Path:
+    """``write(tmp)`` to a temporary file beside ``path``, then renamed over it: a reader sees the old
+    file or the whole new one, never part of it. The temporary file is removed when ``write`` fails;
+    a writer killed midway leaves it behind under ``prefix``/``suffix``, which must not look like the
+    final file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_row(row: dict[str, Any], results_dir: str | os.PathLike) -> Path:
     """Write one run's row to ``<results_dir>/<track>__<method>__<run_id>.parquet`` atomically."""
     import pyarrow.parquet as pq
 
     row = _normalise(row)
-    d = Path(results_dir)
-    d.mkdir(parents=True, exist_ok=True)
     name = f"{_safe(row['track'])}__{_safe(row['method'])}__{_safe(row['run_id'])}.parquet"
-    final = d / name
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=d)
-    os.close(fd)
-    try:
-        pq.write_table(_table(row), tmp)
-        os.replace(tmp, final)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return final
+    table = _table(row)
+    return write_atomically(Path(results_dir) / name, lambda tmp: pq.write_table(table, tmp), suffix=".parquet")
 
 
 def _safe(s: str) -> str:

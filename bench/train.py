@@ -123,22 +123,13 @@ def total_steps_of(n_train: int, batch_size: int, epochs: float | None) -> int |
 
 
 def _save_checkpoint(path, state: dict) -> None:
-    import os
-    import tempfile
     from pathlib import Path
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from bench.results import write_atomically
+
     # The partial file must not look like a checkpoint (``*.pt``): a writer killed mid-save leaves
     # it behind, and the next run resumes from ``path`` only.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda tmp: torch.save(state, tmp), prefix=f".{Path(path).name}.", suffix=".partial")
 
 
 def load_checkpoint(path) -> dict | None:

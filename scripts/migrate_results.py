@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 
@@ -43,6 +41,8 @@ def migrate_file(path: Path, write: bool) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from bench.results import write_atomically
+
     table = pq.read_table(path)
     if table.num_rows != 1:
         raise SystemExit(f"{path}: {table.num_rows} rows; a result file holds one")
@@ -58,14 +58,7 @@ def migrate_file(path: Path, write: bool) -> dict:
         else:
             table = table.append_column(pa.field(name, pa.string()), arr)
     table = table.replace_schema_metadata(meta)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda tmp: pq.write_table(table, tmp), suffix=".parquet")
     return new
 
 
