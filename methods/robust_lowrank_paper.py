@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.condlr import condition_s_exact, project_tangent
+from bench.condlr import condition_s_exact, householder_qr, project_tangent
 from bench.lowrank import (LowRankMethod, classifier_name, is_factorizable, lowrank_from_dense, lowrank_layers,
                            plan_ranks, replace_module)
 from bench.method import BuildContext, OptimHP
@@ -59,13 +59,6 @@ def paper_init_(layer, gen: torch.Generator) -> None:
         bound = 1.0 / math.sqrt(m)
         layer.bias.copy_(torch.rand(n, generator=gen) * 2 * bound - bound)
     layer.orthonormal = True
-
-
-def qr_retract(X: torch.Tensor) -> torch.Tensor:
-    """The Q factor of X with diag(R) ≥ 0."""
-    Q, R = torch.linalg.qr(X)
-    d = torch.sign(torch.diagonal(R))
-    return Q * torch.where(d == 0, torch.ones_like(d), d)
 
 
 class PaperCondLRSGD(torch.optim.SGD):
@@ -103,7 +96,7 @@ class PaperCondLRSGD(torch.optim.SGD):
                 buf = X.grad.clone() if buf is None else buf.mul_(mu).add_(X.grad)
                 buf = project_tangent(X, buf).mul_(scales[id(layer)])
                 st["momentum_buffer"] = buf  # stored back: the scale compounds in the buffer
-                X.copy_(qr_retract(X - lr * buf))
+                X.copy_(householder_qr(X - lr * buf))  # the Q factor, diag(R) ≥ 0
             layer.S.copy_(condition_s_exact(layer.S, "approx_orth", self.kappa_bar))
 
 
