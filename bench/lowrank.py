@@ -279,10 +279,11 @@ def _matrix_shape(mod: nn.Module) -> tuple[int, int]:
     return int(w.shape[0]), int(w[0].numel())
 
 
-def plan_compression(model: nn.Module, compression: float) -> RankPlan:
-    """The rank plan every low-rank method shares: :func:`plan_ranks` with the classifier kept dense."""
+def plan_compression(model: nn.Module, compression: float, *, min_share: float = 0.01) -> RankPlan:
+    """The rank plan every low-rank method shares: :func:`plan_ranks` with the classifier kept dense
+    (``min_share=0``: the smallest layers are compressed too, as the CondLR code does)."""
     keep = classifier_name(model)
-    return plan_ranks(model, compression, keep_dense=[keep] if keep else [])
+    return plan_ranks(model, compression, keep_dense=[keep] if keep else [], min_share=min_share)
 
 
 def plan_ranks(model: nn.Module, compression: float, *, keep_dense: Iterable[str] = (), tol: float = 0.01,

@@ -40,7 +40,7 @@ def code_compression(model, cr: float) -> float:
 
 
 def main() -> int:
-    from bench.lowrank import classifier_name, plan_compression, plan_ranks
+    from bench.lowrank import plan_compression
     from bench.models import build_model
 
     print(f"{'model':<34} {'code c.r.':>9} {'-> params removed':>18}   {'ours: params removed':>20} "
@@ -48,9 +48,8 @@ def main() -> int:
     for label, arch, kw in MODELS:
         model = build_model(arch, **kw)
         for cr, c in ((0.5, 0.5), (0.8, 0.8)):
-            keep = classifier_name(model)
             ours = plan_compression(model, c).rank_fraction
-            paper = plan_ranks(model, c, keep_dense=[keep] if keep else [], min_share=0.0).rank_fraction
+            paper = plan_compression(model, c, min_share=0.0).rank_fraction
             print(f"{label:<34} {cr:>9.1f} {code_compression(model, cr):>18.3f}   {c:>20.1f} {ours:>24.3f} "
                   f"{paper:>15.3f}")
     return 0

@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from bench.condlr import condition_s_exact, householder_qr, project_tangent
-from bench.lowrank import (LowRankMethod, classifier_name, is_factorizable, lowrank_from_dense, lowrank_layers,
-                           plan_ranks, replace_module)
+from bench.lowrank import (LowRankMethod, is_factorizable, lowrank_from_dense, lowrank_layers, plan_compression,
+                           replace_module)
 from bench.method import BuildContext, OptimHP
 from bench.registry import register_method
 
@@ -112,9 +112,8 @@ class RobustLowRankPaper(LowRankMethod):
     Params = RobustLowRankPaperParams
 
     def build(self, model, ctx: BuildContext):
-        keep = classifier_name(model)
         # min_share=0: the first convolution is compressed too, as in the paper's code
-        self.plan = plan_ranks(model, ctx.compression, keep_dense=[keep] if keep else [], min_share=0.0)
+        self.plan = plan_compression(model, ctx.compression, min_share=0.0)
         gen = torch.Generator().manual_seed(ctx.seed)
         for name, mod in list(model.named_modules()):
             if name and is_factorizable(mod):
