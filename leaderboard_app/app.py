@@ -327,7 +327,7 @@ def _sidebar(loaded: lbd.Loaded):
     in_track = in_track[in_track["objective"] == objective]
     _track_caption(in_track)
     all_methods = sorted(in_track["method"].dropna().unique().tolist())
-    methods = st.sidebar.multiselect("Methods", all_methods, default=all_methods, key=f"methods::{track}")
+    methods = st.sidebar.multiselect("Methods", all_methods, default=all_methods, key=f"methods::{track}::{objective}")
     lo, hi = st.sidebar.slider("Compression (fraction removed)", 0.0, 1.0, (0.0, 1.0), step=0.05, key="compression")
     hide_failed = st.sidebar.checkbox("Hide failed runs", value=True, key="hide_failed")
     sort_by = st.sidebar.selectbox("Sort by", list(lbd.sorts()), key="sort_by")

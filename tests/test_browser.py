@@ -67,10 +67,15 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def results(real_runs, tmp_path_factory) -> Path:
-    """The real runs plus a corrupt file, as the issue's check uses."""
+    """The real runs, one adversarially trained run (pruning, fgsm_rs: the only pruning row) and a
+    corrupt file, as the issues' checks use."""
+    from bench.cli import main
+
     d = tmp_path_factory.mktemp("browser-results")
     for p in real_runs.glob("*.parquet"):
         shutil.copy(p, d)
+    assert main(["run", "--method", "pruning", "--compression", "0.5", "--objective", "fgsm_rs[eps=0.05]",
+                 "--epochs", "1", "--no-attacks", "--quiet", "--results-dir", str(d)]) == 0
     (d / "corrupt.parquet").write_bytes(b"this is not parquet")
     return d
 
@@ -118,7 +123,10 @@ def test_leaderboard_in_chromium(server, results, tmp_path):
 
     proc, port, log = server
     with pytest.warns(UserWarning, match="corrupt.parquet"):
-        methods = sorted(read_results(results)["method"].unique())
+        rows = read_results(results)
+    # The leaderboard opens on clean-trained rows: the adversarially trained pruning run is not among them.
+    methods = sorted(rows.loc[rows["objective"] == "standard", "method"].unique())
+    assert "pruning" not in methods and set(rows["method"]) - set(methods) == {"pruning"}
     shot = tmp_path / "leaderboard.png"
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
@@ -140,6 +148,8 @@ def test_leaderboard_in_chromium(server, results, tmp_path):
             for m in methods:
                 page.get_by_text(m, exact=True).filter(visible=True).first.wait_for(state="visible", timeout=30_000)
             assert page.get_by_text("corrupt.parquet").count() >= 1, "the corrupt file is not named"
+            assert table.locator("td").filter(has_text=re.compile(r"^pruning$")).count() == 0, \
+                "an adversarially trained row is ranked among the clean-trained ones"
 
             # Streamlit scrolls an inner element, so grow the viewport to the page's height for
             # a screenshot of the whole page, and let the charts re-lay out.
@@ -147,6 +157,16 @@ def test_leaderboard_in_chromium(server, results, tmp_path):
             page.set_viewport_size({"width": 1600, "height": int(min(max(height + 40, 1000), 8000))})
             page.wait_for_timeout(2500)
             page.screenshot(path=str(shot), full_page=True)
+
+            # Filter by objective: the adversarially trained run alone, the clean-trained ones gone.
+            page.get_by_role("combobox", name="Training objective").click()
+            page.get_by_role("option", name="fgsm_rs (1 runs)").click()
+            table = page.locator("[data-testid='stDataFrame']").first
+            expect(table.locator("td").filter(has_text=re.compile(r"^pruning$")).first).to_be_attached(timeout=30_000)
+            for m in methods:
+                expect(table.locator("td").filter(has_text=re.compile(rf"^{re.escape(m)}$")),
+                       f"clean-trained {m!r} still shown under fgsm_rs").to_have_count(0, timeout=30_000)
+            assert page.locator("[data-testid='stException']").count() == 0
         finally:
             browser.close()
     assert shot.stat().st_size > 20_000
