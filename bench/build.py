@@ -18,6 +18,7 @@ from bench.method import BuildContext, Method
 
 
 def load_dataset_for(track: Track, data_dir):
+    """The track's data set from ``data_dir``, with its validation split and training subset."""
     from bench.data import load_dataset
 
     return load_dataset(track.dataset, data_dir, val_fraction=track.val_fraction, train_subset=track.train_subset)
