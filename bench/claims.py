@@ -10,6 +10,10 @@ from pathlib import Path
 from bench.identity import claim_name
 
 
+class RunBusy(ValueError):
+    """The same configuration is running in another process on the same results directory."""
+
+
 class Claim:
     """An exclusive claim on one configuration, so that sweeps started side by side on the same
     results directory (one per core, say) never run the same configuration twice.

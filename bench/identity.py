@@ -1,7 +1,7 @@
 """A run's identity: the keys that say two runs are the same, all from one hash (:func:`digest`).
 
 Everything is computed from the *resolved* configuration, the dict a row stores as ``config_json``
-(:meth:`bench.runner.Prepared.resolved`), so a written row's ids can always be recomputed from it.
+(:meth:`bench.prepare.Prepared.resolved`), so a written row's ids can always be recomputed from it.
 
 * :func:`config_id` (``cfg-`` + 12 hex digits): the ``config_id`` column, and the name of a
   configuration's checkpoint, AutoAttack state and claim. Two runs with the same id are the same

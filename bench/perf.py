@@ -166,7 +166,7 @@ def _build(name: str, compression: float, track, data, device, batch_size: int, 
     from bench.compression import inference_param_count
     from bench.method import OptimHP, build_optimizer
     from bench.registry import METHODS
-    from bench.runner import build_for_track
+    from bench.build import build_for_track
     from bench.train import total_steps_of
 
     cls = METHODS.get(name)
@@ -327,7 +327,7 @@ def cmd_perf(args) -> int:
     from bench.metrics.families.cost import LATENCY_BATCH
     from bench.metrics.cost import flops_per_example, inference_form, latency_ms
     from bench.registry import METHODS, TRACKS
-    from bench.runner import provenance, resolve_device
+    from bench.build import provenance, resolve_device
     from bench.train import synchronize
 
     log = lambda msg: print(msg, flush=True)  # noqa: E731

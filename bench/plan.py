@@ -75,7 +75,7 @@ def plan(configs: Iterable[RunConfig], results_dir, *, rerun: bool = False, retr
     compression target) and sort them against the rows already in ``results_dir``."""
     from bench.identity import sweep_id
     from bench.method import MethodSkipped
-    from bench.runner import prepare
+    from bench.prepare import prepare
 
     planned, keys, seen, declined = [], [], set(), {}
     tracks = set()

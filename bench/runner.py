@@ -1,26 +1,34 @@
-"""One run: config -> data -> model -> method -> train -> evaluate -> one result row."""
+"""One run: config -> data -> model -> method -> train -> evaluate -> one result row.
+
+The run pipeline lives here (:func:`run`); its parts have modules of their own: validating the
+configuration in :mod:`bench.prepare`, building the data and model in :mod:`bench.build`, stored
+models and ``bench eval`` in :mod:`bench.reevaluate`. Their public names are re-exported below
+(``from bench.runner import prepare`` and the like keep working); new code imports them from
+their own module.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import json
 import os
-import platform
-import random
-import subprocess
 import traceback
 from pathlib import Path
 from typing import Any
 
 from bench import identity, store
-from bench.claims import Claim
-from bench.config import EvalProtocol, RunConfig, Track
-from bench.method import BuildContext, Method, MethodSkipped, OptimHP, parse_params, params_id, params_to_dict
-from bench.objective import DEFAULT_OBJECTIVE, make_objective
-from bench.registry import METHODS, TRACKS
+from bench.build import build_for_track, load_dataset_for, model_kwargs_for, provenance, resolve_device
+from bench.claims import Claim, RunBusy
+from bench.config import RunConfig
+from bench.method import Method, OptimHP, params_id, params_to_dict
+from bench.prepare import Prepared, prepare
+from bench.reevaluate import transfer_source
 from bench.results import check_writable, new_run_id, write_row
 
+# Re-exports: these lived in bench.runner before it was split; scripts may still import them from here.
+from bench.build import git_commit, input_normalization, seed_everything  # noqa: E402,F401
+from bench.prepare import eval_protocol_for  # noqa: E402,F401
+from bench.reevaluate import dense_parent, evaluate_stored, load_stored_model  # noqa: E402,F401
 
 class RunError(RuntimeError):
     """A run that failed after it started; a 'failed' row was written."""
@@ -29,194 +37,6 @@ class RunError(RuntimeError):
         super().__init__(msg)
         self.row = row
         self.path = path
-
-
-@dataclasses.dataclass
-class Prepared:
-    cfg: RunConfig
-    track: Track
-    method_cls: type
-    params: Any
-    epochs: float | None
-    budget_seconds: float | None
-    compression: float
-    n_eval: int
-    objective: Any = None  # a bench.objective.Objective, its parameters resolved (eps from the track)
-
-    @property
-    def batch_size(self) -> int:
-        return self.cfg.batch_size or self.track.batch_size
-
-    @property
-    def eval_protocol(self) -> EvalProtocol:
-        return eval_protocol_for(self.track, self.objective.eps if self.objective.adversarial else None)
-
-    def resolved(self) -> dict:
-        """The resolved configuration (the row's ``config_json``, less the device and evaluation
-        protocol): every id of the run is computed from it (:mod:`bench.identity`)."""
-        return {
-            "run": json.loads(self.cfg.to_json()),
-            "track": self.track.to_dict(),
-            "method_params": params_to_dict(self.params),
-            "epochs": self.epochs, "budget_seconds": self.budget_seconds,
-            "compression_target": self.compression, "n_eval": self.n_eval,
-            "batch_size": self.batch_size,
-            "objective": self.cfg.objective, "objective_params": params_to_dict(self.objective.params),
-        }
-
-    def key(self) -> tuple:
-        return identity.config_key(self.resolved())
-
-    def config_id(self) -> str:
-        return identity.config_id(self.resolved())
-
-
-def prepare(cfg: RunConfig) -> Prepared:
-    """Validate a config before anything expensive happens (names, parameters, ranges)."""
-    track: Track = TRACKS.get(cfg.track)
-    method_cls = METHODS.get(cfg.method)
-    if not (isinstance(method_cls, type) and issubclass(method_cls, Method)):
-        raise TypeError(f"method {cfg.method!r} is not a bench.method.Method subclass")
-    params = parse_params(method_cls.Params, cfg.method_params)
-    objective = make_objective(cfg.objective, cfg.objective_params, track.adv_eps)
-    reason = method_cls.skip(track)
-    if reason:
-        raise MethodSkipped(f"method {cfg.method!r} does not run on track {track.name!r}: {reason}")
-    compression = track.compression if cfg.compression is None else float(cfg.compression)
-    if not 0.0 <= compression < 1.0:
-        raise ValueError(f"--compression must be in [0, 1), got {compression}")
-    if not method_cls.compresses:
-        compression = 0.0
-    epochs = cfg.epochs
-    budget_seconds = cfg.budget_seconds
-    if epochs is None and budget_seconds is None:
-        epochs = track.epochs
-    if epochs is not None and not epochs > 0:
-        raise ValueError(f"--epochs must be > 0, got {epochs}")
-    if budget_seconds is not None and not budget_seconds > 0:
-        raise ValueError(f"--budget-seconds must be > 0, got {budget_seconds}")
-    n_eval = track.eval.n_eval if cfg.n_eval is None else int(cfg.n_eval)
-    if n_eval < 0:
-        raise ValueError(f"--n-eval must be >= 0, got {n_eval}")
-    if cfg.aa_version not in (None, "standard", "plus"):
-        raise ValueError(f"--aa-version must be 'standard' or 'plus', got {cfg.aa_version!r}")
-    return Prepared(cfg, track, method_cls, params, epochs, budget_seconds, compression, n_eval, objective)
-
-
-def eval_protocol_for(track: Track, adv_eps: float | None) -> EvalProtocol:
-    """The track's protocol; for an adversarially trained model (``adv_eps``: its training ε) the
-    headline AutoAttack ε becomes the training ε, the rest of the Linf curve around it kept."""
-    if adv_eps is None:
-        return track.eval
-    import dataclasses as dc
-
-    return dc.replace(track.eval, headline_eps=float(adv_eps),
-                      linf_eps=tuple(sorted(set(track.eval.linf_eps) | {float(adv_eps)})))
-
-
-def input_normalization(track: Track, data) -> tuple[list[float], list[float]]:
-    """The (mean, std) per channel the model normalises its [0, 1] input with, as the track says."""
-    if track.normalization == "data":
-        return data.channel_stats()
-    if track.normalization == "none":
-        return [0.0] * data.in_channels, [1.0] * data.in_channels
-    mean, std = (list(map(float, v)) for v in track.normalization)
-    if len(mean) != data.in_channels:
-        raise ValueError(f"track {track.name}: normalization has {len(mean)} channels, "
-                         f"{track.dataset} has {data.in_channels}")
-    return mean, std
-
-
-def model_kwargs_for(track: Track, data) -> dict[str, Any]:
-    """The model builder's keyword arguments for ``track`` on ``data``: classes, input shape, the
-    track's input normalisation and its ``arch_kwargs``."""
-    mean, std = input_normalization(track, data)
-    return dict(num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size,
-                mean=mean, std=std, **dict(track.arch_kwargs))
-
-
-def build_for_track(track: Track, data, method: Method, *, compression: float, seed: int,
-                    total_steps: int | None, device=None):
-    """The one way a run's model is made (``bench run``, ``bench eval``, ``bench perf``, the benchmarks):
-    the seeded dense model of the track's architecture, converted by ``method``. Returns (model, dense
-    parameter count)."""
-    from bench.compression import inference_param_count
-    from bench.models import build_model
-
-    seed_everything(seed)
-    dense = build_model(track.arch, **model_kwargs_for(track, data))
-    n_dense = inference_param_count(dense)
-    example = data.x_train[:1] if device is None else data.x_train[:1].to(device)
-    if device is not None:
-        dense = dense.to(device)
-    ctx = BuildContext(compression=compression if type(method).compresses else 0.0, example_input=example,
-                       total_steps=total_steps, seed=seed)
-    model = method.build(dense, ctx)
-    return (model.to(device) if device is not None else model), n_dense
-
-
-def resolve_device(name: str | None):
-    import torch
-
-    if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    return dev
-
-
-def seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
-
-
-def provenance(device) -> dict[str, Any]:
-    import torch
-    import torchvision
-
-    try:
-        from importlib.metadata import version
-
-        aa_version = version("pyautoattack")
-    except Exception:  # noqa: BLE001
-        aa_version = None
-    if device.type == "cuda":
-        device_name = torch.cuda.get_device_name(device)
-    else:
-        device_name = f"cpu: {platform.processor() or platform.machine()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-    return {
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": git_commit(),
-        "python_version": platform.python_version(),
-        "torch_version": torch.__version__,
-        "torchvision_version": torchvision.__version__,
-        "pyautoattack_version": aa_version,
-        "device_name": device_name,
-        "hostname": platform.node(),
-    }
-
-
-def git_commit() -> str | None:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        if out.returncode != 0:
-            return None
-        commit = out.stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-class RunBusy(ValueError):
-    """The same configuration is running in another process on the same results directory."""
 
 
 def run(cfg: RunConfig, *, prepared: Prepared | None = None, log=print) -> tuple[dict, Path]:
@@ -371,186 +191,6 @@ def _models(cfg: RunConfig) -> Path:
     return store.models_dir(cfg.results_dir, cfg.models_dir)
 
 
-def load_stored_model(parent: dict, results_dir, data, track: Track, *, device, log=print):
-    """Rebuild the trained model of result row ``parent`` from the model store (checking its sha256)."""
-    stored = store.read_model(parent, results_dir)
-    resolved = json.loads(parent["config_json"])
-    method_cls = METHODS.get(parent["method"])
-    method: Method = method_cls(parse_params(method_cls.Params, resolved["method_params"]))
-    model, _ = build_for_track(track, data, method, compression=float(resolved["compression_target"]),
-                               seed=int(parent["seed"]), total_steps=None)
-    method.restore_checkpoint_state(stored["method"], model)
-    model.load_state_dict(stored["model"])
-    return model.to(device).eval(), method
-
-
-def dense_parent(results_dir, row: dict) -> dict | str:
-    """The result row of the dense model of ``row``'s track and seed whose stored model is usable (status
-    ok, ``model_path`` set, the file present with the row's sha256), or the reason there is none.
-    Among several, the same sweep, then the same training budget, then an original run (not a `bench
-    eval` row), then the latest is taken."""
-    import hashlib
-
-    from bench.results import read_results
-
-    if row.get("method") == "dense":
-        return "the row is the dense model itself"
-    def objective(r) -> tuple:  # the parent is trained with the same objective (rows before objectives: standard)
-        name, params = r.get("objective"), r.get("objective_params")
-        return (DEFAULT_OBJECTIVE if _is_na(name) else name, "{}" if _is_na(params) or not params else params)
-
-    where = f"dense run of track {row.get('track')} seed {row.get('seed')} objective {objective(row)[0]}"
-    df = read_results(results_dir)
-    records = df.to_dict("records") if not df.empty and "method" in df.columns else []
-    cands = [{k: (None if _is_na(v) else v) for k, v in r.items()} for r in records
-             if r.get("method") == "dense" and r.get("track") == row.get("track") and r.get("status") == "ok"
-             and not _is_na(r.get("seed")) and int(r["seed"]) == int(row.get("seed"))
-             and objective(r) == objective(row)]
-    if not cands:
-        return f"no {where} in {results_dir} (a sweep trains dense first; `bench eval RUN_ID --transfer` adds it later)"
-
-    def rank(r):
-        return (r.get("sweep_id") is not None and r.get("sweep_id") == row.get("sweep_id"),
-                (r.get("budget_epochs"), r.get("budget_seconds")) == (row.get("budget_epochs"),
-                                                                      row.get("budget_seconds")),
-                r.get("parent_run_id") is None, str(r.get("created_at") or ""))
-
-    why = []
-    for r in sorted(cands, key=rank, reverse=True):
-        if not r.get("model_path"):
-            why.append(f"{r['run_id']}: no stored model")
-            continue
-        path = Path(r["model_path"])
-        path = path if path.is_absolute() else Path(results_dir) / path
-        if not path.exists():
-            why.append(f"{r['run_id']}: {path} missing")
-        elif hashlib.sha256(path.read_bytes()).hexdigest() != r.get("model_sha256"):
-            why.append(f"{r['run_id']}: {path} does not match its sha256")
-        else:
-            return r
-    return f"no {where} with a usable stored model in {results_dir} ({'; '.join(why)})"
-
-
-def transfer_source(results_dir, row: dict, data, track: Track, device):
-    """``EvalContext.transfer_source`` for a row of ``results_dir``: a callable giving the
-    :class:`bench.evaluate.TransferParent` of its dense parent (:func:`dense_parent`), or why there is none.
-    Examples are cached in ``<results_dir>/.state/transfer``."""
-    def source():
-        from bench.evaluate import TransferParent
-
-        parent = dense_parent(results_dir, row)
-        if isinstance(parent, str):
-            return parent
-
-        def load():
-            import numpy as np
-            import torch
-
-            # building a model reseeds the global RNGs: keep the evaluation's own sequence untouched
-            devices = [device.index or 0] if getattr(device, "type", "cpu") == "cuda" else []
-            py, np_state = random.getstate(), np.random.get_state()
-            with torch.random.fork_rng(devices=devices):
-                model, _ = load_stored_model(parent, results_dir, data, track, device=device)
-            random.setstate(py)
-            np.random.set_state(np_state)
-            return model
-
-        return TransferParent(run_id=str(parent["run_id"]), sha256=str(parent["model_sha256"]), load=load,
-                              cache_dir=Path(results_dir) / ".state" / "transfer")
-
-    return source
-
-
-def evaluate_stored(run_id: str, results_dir="results", *, n_eval: int | None = None, aa_version: str | None = None,
-                    skip_attacks: bool = False, device: str | None = None, data_dir: str | None = None,
-                    num_threads: int | None = None, progress: bool = False, transfer_only: bool = False,
-                    log=print) -> tuple[dict, Path]:
-    """Re-evaluate the stored model of run ``run_id`` (a unique prefix will do) with the track's
-    *current* protocol, without retraining; writes a new row whose ``parent_run_id`` names it and
-    which keeps the parent's training columns. Returns (row, path).
-
-    ``transfer_only`` (``bench eval --transfer``) keeps the parent's evaluation columns and its
-    attacked points, and runs only the transfer attack and the trust verdict on top of them."""
-    if transfer_only and (n_eval is not None or aa_version is not None or skip_attacks):
-        raise ValueError("--transfer keeps the run's attacked points and attacks; it takes no --n-eval, "
-                         "--aa-version or --no-attacks")
-    import torch
-
-    from bench.evaluate import EvalContext, evaluate
-    from bench.metrics.autoattack import state_dir_for
-    from bench.models import build_model
-    from bench.results import read_results
-
-    df = read_results(results_dir)
-    hits = df[df["run_id"].astype(str).str.startswith(run_id)] if len(df) else df
-    if len(hits) != 1:
-        raise ValueError(f"run id {run_id!r} matches {len(hits)} rows in {results_dir}"
-                         + (": give more characters" if len(hits) > 1 else ""))
-    parent = {k: (None if _is_na(v) else v) for k, v in hits.iloc[0].to_dict().items()}
-    if parent["status"] != "ok":
-        raise ValueError(f"run {parent['run_id']} failed; there is no trained model to evaluate")
-    prior = indices = None
-    if transfer_only:
-        from bench.columns import families
-
-        indices = [int(i) for i in (parent.get("attacked_indices") if parent.get("attacked_indices") is not None
-                                    else [])]
-        if not indices:
-            raise ValueError(f"run {parent['run_id']} has no attacked_indices (written before they were recorded, "
-                             f"or nothing was attacked); re-evaluate it in full with `bench eval {parent['run_id']}`")
-        prior = {c.name: parent.get(c.name, c.default()) for f in families() for c in f.columns}
-        prior = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in prior.items()}
-        prior["eval_seconds"] = parent.get("eval_seconds")
-    check_writable(results_dir)
-    track: Track = TRACKS.get(parent["track"])
-    dev = resolve_device(device)
-    if num_threads:
-        torch.set_num_threads(int(num_threads))
-    resolved = json.loads(parent["config_json"])
-    data = load_dataset_for(track, data_dir)
-    model, _ = load_stored_model(parent, results_dir, data, track, device=dev, log=log)
-    n = len(indices) if transfer_only else track.eval.n_eval if n_eval is None else int(n_eval)
-    row = {k: v for k, v in parent.items() if k in _TRAINING_COLUMNS}
-    row.update(run_id=new_run_id(), status="ok", error=None, parent_run_id=parent["run_id"],
-               track_description=track.summary(), track_differs=track.differs, device=str(dev))
-    resolved["evaluated_from"] = parent["run_id"]
-    if transfer_only:
-        resolved["evaluated_only"] = list(_TRANSFER_FAMILIES)
-    resolved["n_eval"], resolved["run"]["aa_version"], resolved["run"]["skip_attacks"] = n, aa_version, skip_attacks
-    row["config_json"] = json.dumps(resolved, sort_keys=True, default=str)
-    row["config_id"] = identity.config_id(resolved)
-    row.update(provenance(dev))
-    kwargs = model_kwargs_for(track, data)
-    state_dir = state_dir_for(results_dir, f"eval__{parent['run_id']}")
-    ectx = EvalContext(device=dev, n_eval=n, aa_version=aa_version, skip_attacks=skip_attacks, state_dir=state_dir,
-                       dense_factory=lambda: build_model(track.arch, **kwargs), progress=progress,
-                       seed=int(parent["seed"]), transfer_source=transfer_source(results_dir, parent, data, track, dev))
-    with Claim(results_dir, ("eval", parent["run_id"])) as claim:  # the state folder is per parent run
-        if not claim.acquire():
-            raise RunBusy(f"run {parent['run_id']} is already being re-evaluated on this results directory "
-                          f"({claim.holder()}); wait for it")
-        adv = resolved.get("objective", DEFAULT_OBJECTIVE) != DEFAULT_OBJECTIVE
-        protocol = eval_protocol_for(track, resolved["objective_params"].get("eps") if adv else None)
-        row.update(evaluate(model, data, protocol, ectx, only=_TRANSFER_FAMILIES if transfer_only else None,
-                            prior=prior, indices=indices))
-        return row, write_row(row, results_dir)
-
-
-#: what ``bench eval --transfer`` runs on top of the parent's evaluation
-_TRANSFER_FAMILIES = ("transfer", "trust")
-
-
-#: the columns a re-evaluation keeps from its parent: what training produced, not what evaluation measured
-_TRAINING_COLUMNS = (
-    "method", "method_params", "method_id", "track", "dataset", "arch", "seed", "compression_target",
-    "compression", "n_params", "n_params_dense", "budget_epochs", "budget_seconds", "deterministic", "epochs",
-    "steps", "train_seconds", "images_per_second", "stopped_by", "final_train_loss", "resumed_from_step",
-    "method_details", "data_source", "n_train", "n_val", "model_path", "model_sha256",
-    "objective", "objective_params", "train_forward_passes", "train_backward_passes", "train_pgd_curve",
-    "catastrophic_overfitting",
-)
-
-
 #: held-out validation points the catastrophic-overfitting monitor attacks after every epoch
 MONITOR_POINTS = 256
 MONITOR_STEPS = 10
@@ -566,16 +206,3 @@ def pgd_monitor(data, eps: float, device, seed: int):
     x, y = x[:MONITOR_POINTS], y[:MONITOR_POINTS]
     return lambda model: attack_curve(model, x, y, [eps], attack="pgd", steps=MONITOR_STEPS, device=device,
                                       seed=seed)[0]["acc"]
-
-
-def _is_na(v) -> bool:
-    try:
-        return v is None or (isinstance(v, float) and v != v)
-    except Exception:  # noqa: BLE001
-        return False
-
-
-def load_dataset_for(track: Track, data_dir):
-    from bench.data import load_dataset
-
-    return load_dataset(track.dataset, data_dir, val_fraction=track.val_fraction, train_subset=track.train_subset)

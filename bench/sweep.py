@@ -84,7 +84,7 @@ def load_sweep_file(path, parser) -> dict:
 
 def config_key(cfg: RunConfig) -> str:
     """The ``config_id`` a config's row will have (after the runner resolves the track's defaults)."""
-    from bench.runner import prepare
+    from bench.prepare import prepare
 
     return prepare(cfg).config_id()
 
@@ -125,7 +125,7 @@ def write_failed_row(cfg: RunConfig, key: str, error: str):
     """A ``failed`` row for configuration ``key`` (its ``config_id``) that failed outside the runner
     (a crashed worker, a bad device)."""
     from bench.results import new_run_id, write_row
-    from bench.runner import prepare
+    from bench.prepare import prepare
 
     try:  # the resolved configuration when there is one: its config_id can be recomputed from it
         resolved = prepare(cfg).resolved()

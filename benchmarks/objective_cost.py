@@ -38,6 +38,7 @@ def main(argv=None) -> int:
     from bench import runner
     from bench.config import RunConfig
     from bench.objective import objective_spec
+    from bench.registry import TRACKS
 
     objectives = [objective_spec(o.strip()) for o in args.objectives.split(";") if o.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
             facts[i] = (row["objective"], row["objective_params"], row["train_forward_passes"] // row["steps"])
             print(f"  round {r} {cfg.method} {row['objective']} {row['objective_params']}: "
                   f"{row['train_seconds']:.1f} s for {row['epochs']:.3f} epochs", flush=True)
-    track = runner.TRACKS.get(args.track)
+    track = TRACKS.get(args.track)
     print(f"\n{args.track}, {args.threads} thread(s), {args.epochs:g} epochs x {args.rounds} rounds; "
           f"projection to {track.epochs:g} epochs")
     print(f"{'method':16s} {'objective':40s} {'passes/step':>11s} {'s/epoch':>8s} {'min/run':>8s}")

@@ -23,7 +23,7 @@ def trained(method_name: str, data, track, epochs: float, seed: int):
 
     from bench.method import OptimHP
     from bench.registry import METHODS
-    from bench.runner import build_for_track
+    from bench.build import build_for_track
     from bench.train import Budget, train
 
     method = METHODS.get(method_name)()

@@ -25,7 +25,7 @@ def measure(method_name: str, data, track, compression: float, epochs: float, de
 
     from bench.method import OptimHP
     from bench.registry import METHODS
-    from bench.runner import build_for_track
+    from bench.build import build_for_track
     from bench.train import Budget, train
 
     method = METHODS.get(method_name)()

@@ -92,7 +92,7 @@ def margin_family():
 def test_a_new_metric_family_reaches_every_view(margin_family, tmp_path):
     from toy_models import identity_classifier
 
-    from bench.cli import format_summary
+    from bench.report import format_summary
     from bench.evaluate import evaluate
     from bench.results import read_results, schema_types, write_row
     from bench.summary import aggregate, summary_table

@@ -83,7 +83,7 @@ def test_skip_attacks_keeps_conditioning_and_cost(tmp_path):
 
 
 def test_format_summary_shows_the_evaluation(tmp_path):
-    from bench.cli import format_summary
+    from bench.report import format_summary
 
     ctx = EvalContext(device=torch.device("cpu"), n_eval=16, dense_factory=identity_classifier, progress=False)
     cols = evaluate(identity_classifier(), _data(), PROTOCOL, ctx)

@@ -9,7 +9,7 @@ import pytest
 from bench import identity
 from bench.config import RunConfig
 from bench.results import read_results
-from bench.runner import prepare
+from bench.prepare import prepare
 
 
 def test_every_committed_row_keeps_its_config_id(repo_root):

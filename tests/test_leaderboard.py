@@ -317,12 +317,12 @@ def test_app_does_not_import_torch(mixed_runs):
 
 
 def test_leaderboard_command_refuses_a_busy_port(tmp_path, monkeypatch, capsys):
-    from bench import cli
+    from bench import cli, commands
 
     def no_exec(*a, **k):  # never replace the test process with a server
         raise AssertionError("cmd_leaderboard tried to start the server on a busy port")
 
-    monkeypatch.setattr(cli.os, "execve", no_exec)
+    monkeypatch.setattr(commands.os, "execve", no_exec)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()

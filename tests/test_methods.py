@@ -54,7 +54,7 @@ def test_method_trains_meets_the_count_and_round_trips(name):
     json.dumps(method.describe(model))
 
     # the state dict loads into a fresh model of the same method and gives the same function, the way
-    # the model store reloads it (bench.runner.load_stored_model): the method's state first (a
+    # the model store reloads it (bench.reevaluate.load_stored_model): the method's state first (a
     # rank-changing method resizes its layers there), then the state dict
     other, fresh, _, _ = _build(name, 0.8, seed=1)
     other.finalize(fresh)
@@ -202,7 +202,7 @@ def test_a_method_can_decline_a_track(tmp_path, capsys):
     from bench.cli import main
     from bench.config import RunConfig
     from bench.method import MethodSkipped
-    from bench.runner import prepare
+    from bench.prepare import prepare
 
     class NoDigits(Method):
         """Declines every digits track."""

@@ -98,7 +98,8 @@ def _robust_acc(rows, results_dir, eps):
     """PGD accuracy (10 steps) at ``eps`` on the whole test split of each row's stored model."""
     from bench.metrics.attacks import attack_curve
     from bench.registry import TRACKS
-    from bench.runner import load_dataset_for, load_stored_model
+    from bench.build import load_dataset_for
+    from bench.reevaluate import load_stored_model
 
     track = TRACKS.get(rows[0]["track"])
     data = load_dataset_for(track, None)
@@ -151,7 +152,7 @@ def test_old_rows_load_as_standard_with_their_ids(repo_root):
     identity recomputed exactly as when it was written."""
     from bench.results import read_results
     from bench.identity import config_id, training_id
-    from bench.runner import prepare
+    from bench.prepare import prepare
 
     df = read_results(repo_root / "results")
     r = df[df["run_id"] == "1d1c4057cb7f"].iloc[0]

@@ -59,3 +59,18 @@ def test_bench_has_no_import_cycle(repo_root):
     for m in sorted(graph):
         if m not in state:
             visit(m, [])
+
+
+def test_names_moved_out_of_runner_and_cli_are_still_importable_there():
+    """bench/runner.py and bench/cli.py were split by job (prepare, build, reevaluate; commands,
+    report): scripts that import the public names from the old place keep working."""
+    from bench import build, cli, claims, prepare, reevaluate, report, runner
+
+    moved = {build: ("build_for_track", "git_commit", "input_normalization", "load_dataset_for", "model_kwargs_for",
+                     "provenance", "resolve_device", "seed_everything"),
+             prepare: ("Prepared", "prepare", "eval_protocol_for"), claims: ("RunBusy",),
+             reevaluate: ("dense_parent", "evaluate_stored", "load_stored_model", "transfer_source")}
+    for module, names in moved.items():
+        for name in names:
+            assert getattr(runner, name) is getattr(module, name), name
+    assert cli.format_summary is report.format_summary
