@@ -212,7 +212,7 @@ IDENTITY = (
     _c("method_id", "str", "method name with its non-default parameters, e.g. 'robust_lowrank[mode=mean]'",
        agg="first"),
     _c("objective", "str", "training objective ('standard': clean cross-entropy; 'pgd_at', 'fgsm_rs', 'trades': "
-                           "adversarial training, docs/objectives.md); rows written before it existed read 'standard'"),
+                           "adversarial training, docs/objectives.md); a row without one reads 'standard'"),
     _c("objective_params", "str", "the objective's parameters as sorted JSON, ε and steps resolved ('{}' for standard)"),
     _c("track", "str", "track name (data set, architecture, optimiser, schedule, evaluation protocol)"),
     _c("track_description", "str", "the track's one-line summary at run time"),

@@ -146,8 +146,8 @@ def evaluate_stored(run_id: str, results_dir="results", *, n_eval: int | None = 
         indices = [int(i) for i in (parent.get("attacked_indices") if parent.get("attacked_indices") is not None
                                     else [])]
         if not indices:
-            raise ValueError(f"run {parent['run_id']} has no attacked_indices (written before they were recorded, "
-                             f"or nothing was attacked); re-evaluate it in full with `bench eval {parent['run_id']}`")
+            raise ValueError(f"run {parent['run_id']} has no attacked_indices (nothing was attacked); "
+                             f"re-evaluate it in full with `bench eval {parent['run_id']}`")
         prior = {c.name: parent.get(c.name, c.default()) for f in families() for c in f.columns}
         prior = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in prior.items()}
         prior["eval_seconds"] = parent.get("eval_seconds")

@@ -83,6 +83,43 @@ class ResultsError(RuntimeError):
     pass
 
 
+#: columns every result file has carried since the schema ``scripts/migrate_results.py`` converts to;
+#: a file without one was written by older code
+CURRENT_SCHEMA_COLUMNS: tuple[str, ...] = ("config_id", "objective", "objective_params")
+
+
+class OutdatedResultsError(ValueError):
+    """Result files written by older code, before the current schema: convert them once with
+    ``scripts/migrate_results.py``."""
+
+    def __init__(self, results_dir, names: list[str]):
+        super().__init__(
+            f"{len(names)} result file(s) in {results_dir} were written by an older version of the bench "
+            f"(no {' / '.join(CURRENT_SCHEMA_COLUMNS)} column), e.g. {names[0]}; convert them once with "
+            f"`python scripts/migrate_results.py {results_dir}` (values are kept)")
+
+
+def _is_current(column_names) -> bool:
+    return set(CURRENT_SCHEMA_COLUMNS) <= set(column_names)
+
+
+def check_current(results_dir: str | os.PathLike) -> None:
+    """Raise :class:`OutdatedResultsError` when a file in ``results_dir`` predates the current schema
+    (reads the files' schemas only; unreadable files are :func:`read_results`' to report)."""
+    import pyarrow.parquet as pq
+
+    old = []
+    for path in result_files(results_dir):
+        try:
+            names = pq.read_schema(path).names
+        except Exception:  # noqa: BLE001 - reported by read_results
+            continue
+        if not _is_current(names):
+            old.append(path.name)
+    if old:
+        raise OutdatedResultsError(results_dir, old)
+
+
 def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
@@ -135,10 +172,12 @@ class ResultsDirError(ValueError):
 
 def check_writable(results_dir: str | os.PathLike, min_free_mb: float = 50.0) -> Path:
     """Create ``results_dir`` if needed and check that a file can be written there and that at
-    least ``min_free_mb`` MB are free; raise :class:`ResultsDirError` saying what is wrong."""
+    least ``min_free_mb`` MB are free; raise :class:`ResultsDirError` saying what is wrong, or
+    :class:`OutdatedResultsError` when its files predate the current schema (a run reads them)."""
     import shutil
 
     d = Path(results_dir)
+    check_current(d)
     try:
         d.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".write-check-", dir=d)
@@ -196,24 +235,31 @@ def read_results(results_dir: str | os.PathLike, *, on_skip=None):
     """All rows under ``results_dir`` as one DataFrame.
 
     A file that cannot be read is skipped with a :class:`UserWarning` naming it
-    (and passed to ``on_skip(path, reason)`` when given); the rest still load.
-    Never unpickles and never runs code from results.
+    (and passed to ``on_skip(path, reason)`` when given); the rest still load. Files written by
+    older code (without :data:`CURRENT_SCHEMA_COLUMNS`) raise one :class:`OutdatedResultsError`
+    naming ``scripts/migrate_results.py``. Never unpickles and never runs code from results.
     """
     import pandas as pd
     import pyarrow.parquet as pq
 
-    frames = []
+    frames, outdated = [], []
     for path in result_files(results_dir):
         try:
-            df = pq.read_table(path).to_pandas()
+            table = pq.read_table(path)
         except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped, loudly
             reason = f"{type(exc).__name__}: {exc}"
             warnings.warn(f"skipping unreadable results file {path}: {reason}", UserWarning, stacklevel=2)
             if on_skip is not None:
                 on_skip(path, reason)
             continue
+        if not _is_current(table.column_names):
+            outdated.append(path.name)
+            continue
+        df = table.to_pandas()
         df["source_file"] = path.name
         frames.append(df)
+    if outdated:
+        raise OutdatedResultsError(results_dir, outdated)
     if not frames:
         return pd.DataFrame(columns=list(REQUIRED_COLUMNS) + list(PROVENANCE_COLUMNS))
     with warnings.catch_warnings():
@@ -232,8 +278,8 @@ def read_results(results_dir: str | os.PathLike, *, on_skip=None):
 
 
 def with_objective(df):
-    """``df`` with ``objective`` and ``objective_params`` filled in: rows written before objectives
-    existed were trained with the clean cross-entropy, ``'standard'`` with no parameters."""
+    """``df`` with ``objective`` and ``objective_params`` filled in where a row has none (a frame built
+    by hand, a row written without them): ``'standard'`` (the clean cross-entropy), no parameters."""
     from bench.objective import DEFAULT_OBJECTIVE
 
     for c, default in (("objective", DEFAULT_OBJECTIVE), ("objective_params", "{}")):

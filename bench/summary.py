@@ -5,8 +5,8 @@ spread (``<metric>_std``, sample std over seeds) and a 95% Wilson interval over 
 accuracy was measured on: Wilson with the per-seed average of successes round(acc_i * n_i) and
 of points n_i (``<metric>_ci_low``, ``<metric>_ci_high``, ``<metric>_points`` = mean n_i,
 ``<metric>_hits`` = mean successes). ``n_i`` is ``n_test`` for clean accuracy and ``aa_n`` (the
-points AutoAttack attacked) for robust accuracy; a row without it (older rows) counts in the
-mean but not in the interval. Every seed attacks the *same* test points, so more seeds do not
+points AutoAttack attacked) for robust accuracy; a run without a point count counts in the mean
+but not in the interval. Every seed attacks the *same* test points, so more seeds do not
 narrow the uncertainty that comes from the finite sample of test points: pooling the seeds'
 points as independent trials would make the interval about √seeds too narrow. The interval is
 the test-point sampling uncertainty of the configuration's average model; ``_std`` is the
@@ -57,6 +57,15 @@ def pooled_interval(acc, n) -> dict:
     h, k = hits.mean(), points.mean()
     low, high = wilson_interval(h, k) if not pd.isna(k) else (float("nan"), float("nan"))
     return {"hits": float(h), "points": float(k), "ci_low": low, "ci_high": high}
+
+
+def run_interval(acc, low, high, n) -> tuple[float, float]:
+    """One run's 95% Wilson interval: the stored ``(low, high)``, else from its point count ``n`` (an
+    accuracy declared without interval columns, e.g. certified or transfer; NaN without a count)."""
+    if math.isnan(_num(low)) or math.isnan(_num(high)):
+        pool = pooled_interval([acc], [n])
+        return pool["ci_low"], pool["ci_high"]
+    return low, high
 
 
 def _hits_points(acc: pd.Series, n: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -169,7 +178,7 @@ def _num(v) -> float:
 def acc_text(mean, std=None, low=None, high=None) -> str:
     """'97.2 ± 0.3 [96.8, 97.6]' (percent): mean ± seed std [95% Wilson interval]; '-' without a mean.
 
-    A part that is missing (one seed: no std; older rows: no interval) is left out.
+    A part that is missing (one seed: no std; no point count: no interval) is left out.
     """
     m = _num(mean)
     if math.isnan(m):
@@ -222,7 +231,7 @@ def summary_table(df: pd.DataFrame, per_run: bool = False) -> pd.DataFrame:
     t = pd.DataFrame(rows)
     if failed:
         print(f"({failed} failed run(s) not shown; `bench show --all` lists them)")
-    # a non-accuracy column no configuration has a value for (e.g. cond_max_raw of older rows) says nothing
+    # a non-accuracy column no configuration has a value for (e.g. trust of unattacked runs) says nothing
     empty = [c.terminal for c in cols if not c.points and c.terminal in t.columns and (t[c.terminal] == "-").all()]
     return t.drop(columns=empty)
 
@@ -297,13 +306,8 @@ def _per_run_table(df: pd.DataFrame, cols) -> pd.DataFrame:
             for part in (c.name, f"{c.name}_ci_low", f"{c.name}_ci_high", c.points):
                 if part not in runs.columns:
                     runs[part] = None
-            cells = []
-            for acc, lo, hi, k in zip(runs[c.name], runs[f"{c.name}_ci_low"], runs[f"{c.name}_ci_high"], runs[c.points]):
-                if math.isnan(_num(lo)):  # older rows: the interval from the row's point count
-                    pool = pooled_interval([acc], [k])
-                    lo, hi = pool["ci_low"], pool["ci_high"]
-                cells.append(acc_text(acc, None, lo, hi))
-            runs[c.terminal] = cells
+            runs[c.terminal] = [acc_text(acc, None, *run_interval(acc, lo, hi, k)) for acc, lo, hi, k in zip(
+                runs[c.name], runs[f"{c.name}_ci_low"], runs[f"{c.name}_ci_high"], runs[c.points])]
             out.append(c.terminal)
             if c.board_points:
                 runs[c.points] = [("-" if math.isnan(_num(n)) or _num(n) <= 0 else f"{int(_num(n))}")

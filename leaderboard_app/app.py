@@ -18,6 +18,7 @@ except ImportError:  # `streamlit run` from a checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from leaderboard_app import data as lbd
 from bench import columns
+from bench.results import OutdatedResultsError
 
 import altair as alt
 import pandas as pd
@@ -168,13 +169,9 @@ def _cond_chart(cf: pd.DataFrame, methods: list[str]) -> alt.Chart:
 
 
 def _cost_chart(lb: pd.DataFrame, methods: list[str]) -> tuple[alt.Chart | None, str]:
-    # Inference latency answers "does the compression make it faster?"; older rows only have
-    # training throughput, which is plotted instead.
-    if "latency_ms_per_batch_mean" in lb.columns and lb["latency_ms_per_batch_mean"].notna().any():
-        col, title, fmt = "latency_ms_per_batch_mean", "inference latency (ms per batch)", ".3g"
-    elif "images_per_second_mean" in lb.columns and lb["images_per_second_mean"].notna().any():
-        col, title, fmt = "images_per_second_mean", "training throughput (images/s)", ",.0f"
-    else:
+    # Inference latency answers "does the compression make it faster?" (every run measures it)
+    col, title, fmt = "latency_ms_per_batch_mean", "inference latency (ms per batch)", ".3g"
+    if not lb[col].notna().any():
         return None, ""
     df = pd.DataFrame({
         "label": [lbd.label_of(r) for _, r in lb.iterrows()], "method": lb["method"].to_numpy(),
@@ -347,12 +344,9 @@ def _track_caption(in_track: pd.DataFrame) -> None:
         lines.append(info["description"])
     if info["reference"]:
         lines.append(f"Reproduces: {info['reference']}")
-    if info["differs"] is None:
-        if not info["description"]:
-            lines.append("These runs do not record the track's description (older rows).")
-    elif info["differs"]:
+    if info["differs"]:
         lines.append(f"**Differs:** {info['differs']}")
-    else:
+    elif info["differs"] is not None:
         lines.append("**Differs:** nothing (the reference setting exactly)")
     if info["variants"] > 1:
         lines.append(f"The runs carry {info['variants']} different descriptions (the track changed between runs); "
@@ -366,7 +360,12 @@ def main() -> None:
     st.html("<style>[data-testid='stMainBlockContainer']{padding-left:2.5rem;padding-right:2.5rem;"
             "padding-top:2.5rem}</style>")
     results_dir = str(lbd.results_dir_from_env())
-    loaded = _load(results_dir, lbd.signature(results_dir))
+    try:
+        loaded = _load(results_dir, lbd.signature(results_dir))
+    except OutdatedResultsError as exc:
+        st.title(TITLE)
+        st.error(str(exc), icon=":material/error:")
+        return
     if loaded.empty:
         _empty_page(loaded)
         return
@@ -572,14 +571,11 @@ def _plots(ok_lb: pd.DataFrame, shown_runs: pd.DataFrame, all_methods: list[str]
 
 
 def _run_ci(r, metric: str, n_col: str) -> str:
-    """A run's 95% Wilson interval as '[lo, hi]' percent: the stored one, else from its point count."""
-    lo, hi = r.get(f"{metric}_ci_low"), r.get(f"{metric}_ci_high")
-    if math.isnan(lbd.as_float(lo)) or math.isnan(lbd.as_float(hi)):
-        from bench.summary import pooled_interval
+    """A run's 95% Wilson interval as '[lo, hi]' percent (:func:`bench.summary.run_interval`)."""
+    from bench.summary import run_interval
 
-        pool = pooled_interval([r.get(metric)], [r.get(n_col)])
-        lo, hi = pool["ci_low"], pool["ci_high"]
-    return lbd.ci_text(lo, hi)
+    return lbd.ci_text(*run_interval(r.get(metric), r.get(f"{metric}_ci_low"), r.get(f"{metric}_ci_high"),
+                                     r.get(n_col)))
 
 
 def _trust_detail(r) -> None:

@@ -1,7 +1,7 @@
 """Data shaping for the leaderboard: pure functions of result frames, no Streamlit, no torch.
 
-Everything here tolerates older rows: a column may be absent, null, a list, a
-numpy array (what parquet list columns come back as), or a JSON string.
+A value may be null (not measured in that run: no attacks, no dense parent, a metric the run
+predates), a list, a numpy array (what parquet list columns come back as), or a JSON string.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from bench import columns
 from bench.results import PROVENANCE_COLUMNS, read_results, resolve_results_dir, result_files
 from bench.summary import aggregate
 
-#: Every declared column (bench.columns); a results frame lacking one gets nulls (older rows).
+#: Every declared column (bench.columns); a results frame lacking one gets nulls (no file measured it).
 OPTIONAL_COLUMNS = tuple(c.name for c in columns.all_columns())
 #: shown under "provenance" for a run
 PROVENANCE = tuple(c for c in PROVENANCE_COLUMNS if c != "config_json") + ("device", "source_file")
@@ -391,7 +391,7 @@ def attack_set_name(version: Any, attacks: Any) -> str:
     """What an AutoAttack curve point ran, from its ``version`` and ``attacks`` fields.
 
     'standard' -> 'standard AutoAttack'; 'custom' with 'apgd-ce,apgd-t' -> 'APGD-CE + APGD-T';
-    a point without a version (older rows) names its attacks, or says the version is unknown.
+    without a version, the attacks are named; a point that records neither says so.
     """
     if isinstance(attacks, (list, tuple, np.ndarray)):
         names = [str(a).strip() for a in plain(attacks)]
@@ -567,11 +567,9 @@ def layer_frame(r: Any) -> pd.DataFrame:
     """Per-layer κ, spectral norm, rank, kind and shape of one run, in network order.
 
     ``kappa`` and ``spectral_norm`` are of the layer's folded map (BatchNorm and input
-    normalisation folded in; older rows: the stored weights), ``kappa_raw`` and
-    ``spectral_norm_raw`` of the stored weights alone, ``folded`` what was folded ('bn',
-    'bn_in', 'input_norm', joined by '+'; '' nothing; 'untraced'). Lists a run lacks leave their
-    column empty; a run with no per-layer lists at all but ``method_details["ranks"]`` (older
-    rows) still gets its ranks.
+    normalisation folded in), ``kappa_raw`` and ``spectral_norm_raw`` of the stored weights alone,
+    ``folded`` what was folded ('bn', 'bn_in', 'input_norm', joined by '+'; '' nothing;
+    'untraced'). Lists a run lacks leave their column empty.
     """
     cols = ["order", "layer", "kind", "shape", "kappa", "kappa_raw", "folded", "spectral_norm", "spectral_norm_raw",
             "rank"]
@@ -582,11 +580,7 @@ def layer_frame(r: Any) -> pd.DataFrame:
              "spectral_norm_raw": as_list(r.get("layer_spectral_norm_raw")), "folded": as_list(r.get("layer_folded"))}
     n = max([len(names)] + [len(v) for v in lists.values()])
     if n == 0:
-        ranks_d = as_dict(r.get("method_details")).get("ranks")
-        if not (isinstance(ranks_d, dict) and ranks_d):
-            return pd.DataFrame(columns=cols)
-        names, lists["rank"] = list(ranks_d), list(ranks_d.values())
-        n = len(names)
+        return pd.DataFrame(columns=cols)
 
     def pad(xs, conv):
         xs = list(xs)[:n] + [None] * max(0, n - len(xs))
@@ -595,7 +589,7 @@ def layer_frame(r: Any) -> pd.DataFrame:
     def text(x):
         return "" if x is None else str(x)
 
-    def folded(x):  # None: not recorded (older rows); "" nothing folded
+    def folded(x):  # None: not recorded; "" nothing folded
         return None if x is None else str(x)
 
     return pd.DataFrame({
@@ -617,7 +611,7 @@ FOLDED_NAMES = {"bn": "BatchNorm after", "bn_in": "BatchNorm before", "input_nor
 
 def folded_text(v: Any) -> str:
     """A ``layer_folded`` entry for people: 'bn+input_norm' -> 'BatchNorm after + input normalisation',
-    '' -> 'nothing', None -> 'not recorded' (older rows)."""
+    '' -> 'nothing', None -> 'not recorded'."""
     if v is None or is_missing(v):
         return "not recorded"
     parts = [x for x in str(v).split("+") if x]
@@ -689,7 +683,7 @@ def run_curves(r: Any) -> pd.DataFrame:
 
 def _most_common(values: pd.Series) -> tuple[Any, int]:
     """The most frequent non-null value and how many distinct non-null values there are."""
-    v = values.dropna() if values is not None else pd.Series(dtype=object)
+    v = values.dropna()
     if v.empty:
         return None, 0
     counts = v.astype(str).value_counts()
@@ -701,13 +695,11 @@ def track_info(runs: pd.DataFrame) -> dict:
 
     Returns {'description', 'reference', 'differs', 'variants'}: the description without its
     bracketed reference part, the reference it reproduces ('' if none), what differs (None when no
-    row recorded it, '' when nothing differs), and how many distinct descriptions the rows carry
+    row recorded it: a sweep's failed rows only; '' when nothing differs), and how many distinct descriptions the rows carry
     (more than one when the track changed between runs; the most common one is returned).
     """
-    desc_col = runs["track_description"] if "track_description" in runs.columns else None
-    diff_col = runs["track_differs"] if "track_differs" in runs.columns else None
-    desc, variants = _most_common(desc_col)
-    differs, _ = _most_common(diff_col)
+    desc, variants = _most_common(runs["track_description"])
+    differs, _ = _most_common(runs["track_differs"])
     out = {"description": desc or "", "reference": "", "differs": differs, "variants": variants}
     if desc and desc.endswith("]") and " [" in desc:
         # Track.summary(): "<description> [<reference>; differs: <...>]" or "... [<reference>, exactly]"

@@ -12,6 +12,8 @@ Fills what a row written by older code lacks but its own ``config_json`` determi
 
 Every other column, every value and the file's parquet key-value metadata are kept as they are;
 a column the file lacks is appended. Files already current are left untouched.
+:func:`bench.results.read_results` refuses a file without these columns
+(:data:`bench.results.CURRENT_SCHEMA_COLUMNS`) with an error naming this script.
 """
 
 from __future__ import annotations

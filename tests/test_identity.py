@@ -8,7 +8,7 @@ import pytest
 
 from bench import identity
 from bench.config import RunConfig
-from bench.results import read_results
+from bench.results import OutdatedResultsError, check_writable, read_results
 from bench.prepare import prepare
 
 
@@ -34,7 +34,13 @@ def test_the_migration_fills_an_old_rows_ids_and_keeps_everything_else(repo_root
     current = pq.read_table(src)
     old = current.drop(["config_id", "objective", "objective_params"])
     pq.write_table(old, tmp_path / src.name)
+    with pytest.raises(OutdatedResultsError, match="scripts/migrate_results.py"):  # one error, not a guess
+        read_results(tmp_path)
+    with pytest.raises(OutdatedResultsError):  # and before a run into that directory trains
+        check_writable(tmp_path)
     assert migrate.main([str(tmp_path)]) == 0
+    assert read_results(tmp_path)["config_id"].tolist() == [current.column("config_id")[0].as_py()]
+    check_writable(tmp_path)
     again = pq.read_table(tmp_path / src.name)
     assert again.schema.metadata == current.schema.metadata
     assert all(again.column(c).equals(current.column(c)) for c in current.column_names)

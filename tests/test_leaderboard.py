@@ -64,9 +64,6 @@ def mixed_runs(real_runs, tmp_path_factory) -> dict:
     row = _handmade(real_runs, method="handmade_prune", method_id="handmade_prune[amount=0.9]",
                     method_params=json.dumps({"amount": 0.9}), compression_target=0.9, compression=0.9,
                     n_params=15000, method_details=json.dumps({"sparsity": {"conv1": 0.9}}), **_curves(0.9))
-    if not row.get("layer_kappa"):  # rows from before the conditioning metrics: supply the lists
-        row.update(layer_names=["conv1", "fc1"], layer_kappa=[3.5, 12.0], layer_spectral_norm=[1.2, 2.5],
-                   layer_ranks=[8, 40], cond_max=12.0)
     ids["full"] = row["run_id"]
     write_row(row, d)
     row = _handmade(real_runs, track="mnist-lenet5", dataset="mnist", method="handmade_prune",
@@ -301,6 +298,19 @@ def test_app_without_results_shows_how_to_make_some(case, tmp_path, monkeypatch)
         assert any("broken.parquet" in w.value for w in at.warning)
 
 
+def test_app_names_the_converter_for_files_of_an_older_schema(real_runs, tmp_path, monkeypatch):
+    """A file written before the current schema (no config_id/objective columns) stops the page with one
+    error that says how to convert it, instead of a board that silently misreads it."""
+    import pyarrow.parquet as pq
+
+    src = sorted(real_runs.glob("*.parquet"))[0]
+    pq.write_table(pq.read_table(src).drop(["config_id", "objective", "objective_params"]), tmp_path / src.name)
+    at = _app(tmp_path, monkeypatch)
+    _no_exception(at)
+    assert not at.dataframe
+    assert any("scripts/migrate_results.py" in e.value and src.name in e.value for e in at.error)
+
+
 def test_app_does_not_import_torch(mixed_runs):
     code = (
         "import os, sys\n"
@@ -331,7 +341,7 @@ def test_leaderboard_command_refuses_a_busy_port(tmp_path, monkeypatch, capsys):
     assert "--port" in capsys.readouterr().err
 
 
-def test_app_tolerates_a_minimal_old_row(real_runs, tmp_path, monkeypatch):
+def test_app_tolerates_a_minimal_row(real_runs, tmp_path, monkeypatch):
     """A row with nothing but the four keys the store insists on (no seed, params, target, metrics)."""
     d = tmp_path / "results"
     shutil.copytree(real_runs, d)
@@ -352,7 +362,7 @@ def test_app_tolerates_a_minimal_old_row(real_runs, tmp_path, monkeypatch):
 def _synthetic_runs() -> pd.DataFrame:
     """Known numbers: 'm' has two seeds (clean 0.9 and 0.8 of 1,000 test points; robust 0.5 and 0.4
     of 200 attacked points), 'uneven' two seeds on different point counts, 'old' a row without
-    point counts (older rows), 'one' a single seed."""
+    point counts, 'one' a single seed."""
     return pd.DataFrame({
         "run_id": list("abcdefg"), "status": ["ok"] * 6 + ["failed"], "track": ["t"] * 7,
         "method": ["m", "m", "uneven", "uneven", "old", "one", "m"], "method_params": ["{}"] * 7,
@@ -388,7 +398,7 @@ def test_wilson_interval_over_the_test_points_not_pooled_over_seeds():
     assert (u["clean_acc_hits"], u["clean_acc_points"]) == (175, 200)
     assert (u["clean_acc_ci_low"], u["clean_acc_ci_high"]) == pytest.approx(wilson_interval(175, 200))
     assert np.isnan(u["robust_acc_ci_low"]) and np.isnan(u["robust_acc_points"])  # aa_n = 0: not attacked
-    # An older row without point counts keeps its mean and gets no interval.
+    # A row without point counts keeps its mean and gets no interval.
     o = agg.loc["old"]
     assert o["clean_acc_mean"] == pytest.approx(0.7) and np.isnan(o["clean_acc_ci_low"])
     one = agg.loc["one"]
@@ -456,7 +466,7 @@ def test_curve_labels_come_from_the_rows_versions():
     plus = pd.DataFrame([_aa_row([("Linf", 0.1, "plus", "apgd-ce,apgd-dlr,fab,square,apgd-t,fab-t")], version="plus")])
     assert lbd.curve_label(plus, "aa_linf") == "AutoAttack plus L∞"
     assert lbd.headline_text(plus).startswith("AutoAttack plus (APGD-CE, APGD-DLR, FAB, Square, APGD-T, FAB-T)")
-    # Older points without version or attacks say so instead of claiming a version.
+    # Points without version or attacks say so instead of claiming a version.
     bare = pd.DataFrame([_aa_row([("Linf", 0.1, None, None)], version=None)])
     assert lbd.curve_label(bare, "aa_linf") == "AutoAttack (version not recorded) L∞"
     assert lbd.curve_label(default, "fgsm") == "FGSM"

@@ -459,7 +459,7 @@ def conditioning_summary(layers: list[LayerCond]) -> dict:
       exceed the reshaped matrix's by up to sqrt(kh·kw), so treat it as the paper's proxy,
       not a certificate.
 
-    The raw numbers, of the stored weights W alone (as before folding existed):
+    The raw numbers, of the stored weights W alone (nothing folded):
 
     * ``layer_kappa_raw``, ``layer_spectral_norm_raw``: per layer;
     * ``cond_max_raw``: the largest raw κ.
