@@ -231,10 +231,10 @@ def test_filters_change_the_rows(mixed_runs, monkeypatch):
     methods = set(_table(at)["method"])
     assert {"dense", "handmade_prune", "handmade_nulls"} <= methods and "handmade_broken" not in methods
 
-    at.multiselect(key="methods::digits-cnn").unselect("dense").run()
+    at.multiselect(key="methods::digits-cnn::standard").unselect("dense").run()
     _no_exception(at)
     assert "dense" not in set(_table(at)["method"])
-    at.multiselect(key="methods::digits-cnn").select("dense").run()
+    at.multiselect(key="methods::digits-cnn::standard").select("dense").run()
 
     at.slider(key="compression").set_value((0.6, 1.0)).run()
     _no_exception(at)
