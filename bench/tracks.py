@@ -58,7 +58,24 @@ _CIFAR_SMALL_EVAL = EvalProtocol(
     pgd_l2_eps=(0.1, 0.3, 0.5),  # the paper's headline L2-PGD is ε = 0.3
 )
 #: channel multiplier and epochs of the two-core CIFAR-10 track (chosen by measurement)
-CIFAR_SMALL_WIDTH, CIFAR_SMALL_EPOCHS = 0.25, 20
+CIFAR_SMALL_WIDTH, CIFAR_SMALL_EPOCHS = 0.25, 25
+
+
+def _cifar_small(epochs: int, why: str) -> Track:
+    """The paper's VGG16 setting at a quarter of the channels and ``epochs`` epochs, named for them."""
+    m1, m2 = (f"{epochs * f:.1f}" for f in _PAPER["lr_milestones"])
+    return Track(
+        name=f"cifar10-vgg16q-e{epochs}", dataset="cifar10", arch="vgg16", arch_kwargs=(("width", CIFAR_SMALL_WIDTH),),
+        description=f"CIFAR-10, {_VGG} at a quarter of its channels (conv 16-16-M-32-32-M-64x3-M-128x3-M-128x3-M, "
+                    f"FC 128-128); SGD lr 0.05, momentum 0.45, crop+flip, {epochs} epochs; clean accuracy on n = 1,000 "
+                    "test images, attacks on 500 of them",
+        lr=0.05, momentum=0.45, augment="crop_flip", normalization=_CIFAR_NORM, compression=0.5,
+        eval=_CIFAR_SMALL_EVAL, reference=_PAPER_REF,
+        differs="every layer's channels and the two hidden FC widths x1/4 (0.96 M instead of 15.3 M parameters); "
+                f"{epochs} epochs instead of 120 (lr x0.3 at the same fractions: epochs {m1} and {m2}); {why}",
+        **{**_PAPER, "epochs": epochs},
+    )
+
 
 _BUILTIN = [
     Track(
@@ -130,18 +147,11 @@ _BUILTIN = [
                 "instead of 120 (lr x0.3 at the same fractions); for the GPU check",
         **{**_PAPER, "epochs": 10},
     ),
-    Track(
-        name="cifar10-vgg16q-e20", dataset="cifar10", arch="vgg16", arch_kwargs=(("width", CIFAR_SMALL_WIDTH),),
-        description=f"CIFAR-10, {_VGG} at a quarter of its channels (conv 16-16-M-32-32-M-64x3-M-128x3-M-128x3-M, "
-                    "FC 128-128); SGD lr 0.05, momentum 0.45, crop+flip, 20 epochs; clean accuracy on n = 1,000 "
-                    "test images, attacks on 500 of them",
-        lr=0.05, momentum=0.45, augment="crop_flip", normalization=_CIFAR_NORM, compression=0.5,
-        eval=_CIFAR_SMALL_EVAL, reference=_PAPER_REF,
-        differs="every layer's channels and the two hidden FC widths x1/4 (0.96 M instead of 15.3 M parameters); "
-                "20 epochs instead of 120 (lr x0.3 at the same fractions: epochs 11.7 and 16.7); sized so one "
-                "run fits 45 min on one CPU core (benchmarks/cifar_track_size.py)",
-        **{**_PAPER, "epochs": CIFAR_SMALL_EPOCHS},
-    ),
+    # the two-core CIFAR-10 track (the grid's) and its first, 20-epoch size (rows of 2026-12-04 kept)
+    _cifar_small(CIFAR_SMALL_EPOCHS, "sized so one run fits 45 min on one CPU core "
+                 "(benchmarks/cifar_track_size.py)"),
+    _cifar_small(20, "the first size measured: dense 79.1 % clean, short of the 80 % asked for; superseded by "
+                 "cifar10-vgg16q-e25"),
     Track(
         name="cifar10-wrn16-4", dataset="cifar10", arch="wrn16_4",
         description="CIFAR-10, WideResNet-16-4 (pre-activation, LeakyReLU 0.01); SGD lr 0.08, momentum 0.5, "

@@ -1,7 +1,7 @@
 """Size the CIFAR-10 track for two CPU cores: width x epochs -> dense accuracy and the cost of one run.
 
 Each candidate is a real ``bench run`` of ``dense`` on a variant of the two-core track
-(``cifar10-vgg16q-e20``: the paper's VGG16 layout, optimizer, schedule shape, normalisation,
+(``cifar10-vgg16q-e25``: the paper's VGG16 layout, optimizer, schedule shape, normalisation,
 augmentation and hold-out) with another channel multiplier and epoch budget, evaluated with that
 track's whole protocol (standard AutoAttack at the headline ε, the APGD curve, FGSM, PGD) on its
 500 attacked points. Rows go to ``--results-dir`` (not the project's results), so a candidate
@@ -13,7 +13,7 @@ keeps 20-60 %).
 Requirement of the track: one complete run <= 45 min on one core while another run uses the
 other core, dense clean >= 0.80.
 
-    python benchmarks/cifar_track_size.py --candidates 0.25x20 --threads 1      # measure one
+    python benchmarks/cifar_track_size.py --candidates 0.25x25 --threads 1      # measure one
     python benchmarks/cifar_track_size.py --report-only                          # the table so far
 """
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-BASE_TRACK = "cifar10-vgg16q-e20"
+BASE_TRACK = "cifar10-vgg16q-e25"
 
 
 def candidate_track(width: float, epochs: float):
@@ -73,7 +73,7 @@ def report(results_dir: Path) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--candidates", nargs="*", default=["0.25x20"], help="WIDTHxEPOCHS, e.g. 0.25x20 0.125x30")
+    ap.add_argument("--candidates", nargs="*", default=["0.25x25"], help="WIDTHxEPOCHS, e.g. 0.25x20 0.125x30")
     ap.add_argument("--results-dir", default="runs/cifar_track_size")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--threads", type=int, default=1)

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 MODELS = (("LeNet5 (MNIST)", "lenet5", dict(in_channels=1, image_size=28)),
           ("VGG16 (CIFAR-10)", "vgg16", dict(in_channels=3, image_size=32)),
-          ("VGG16 x1/4 (cifar10-vgg16q-e20)", "vgg16", dict(in_channels=3, image_size=32, width=0.25)))
+          ("VGG16 x1/4 (cifar10-vgg16q-e25)", "vgg16", dict(in_channels=3, image_size=32, width=0.25)))
 
 
 def code_compression(model, cr: float) -> float:
