@@ -152,6 +152,12 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _print_load_errors(registry, width: int) -> None:
+    """One line per plugin of ``registry`` that failed to load, its name padded to ``width``."""
+    for name, err in sorted(registry.load_errors.items()):
+        print(f"{name:{width}s} (failed to load: {err})")
+
+
 def cmd_list(args) -> int:
     from bench.registry import METHODS, MODELS, TRACKS
 
@@ -174,8 +180,7 @@ def cmd_list(args) -> int:
             return 0
         for fam in families():
             print(f"{fam.name:14s} {fam.title}: {', '.join(c.name for c in fam.columns)}")
-        for name, err in sorted(METRIC_FAMILIES.load_errors.items()):
-            print(f"{name:14s} (failed to load: {err})")
+        _print_load_errors(METRIC_FAMILIES, 14)
         return 0
     if args.objectives:
         import dataclasses
@@ -187,8 +192,7 @@ def cmd_list(args) -> int:
             params = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls.Params))
             if params:
                 print(f"{'':10s} parameters: {params} (eps=None: the track's adv_eps)")
-        for name, err in sorted(OBJECTIVES.load_errors.items()):
-            print(f"{name:10s} (failed to load: {err})")
+        _print_load_errors(OBJECTIVES, 10)
         return 0
     if args.models:
         for name, fn in MODELS.items():
@@ -197,8 +201,7 @@ def cmd_list(args) -> int:
         return 0
     for name, cls in METHODS.items():
         print(f"{name:18s} {cls.summary()}")
-    for name, err in sorted(METHODS.load_errors.items()):
-        print(f"{name:18s} (failed to load: {err})")
+    _print_load_errors(METHODS, 18)
     return 0
 
 
