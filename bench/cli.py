@@ -5,6 +5,7 @@ command (:mod:`bench.commands`; ``bench perf``: :mod:`bench.perf`). ``format_sum
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from bench import commands
@@ -125,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--track", default=None, help="only this track")
     ps.add_argument("--objective", default=None, help="only this training objective (e.g. standard, pgd_at)")
     ps.add_argument("--all", action="store_true", help="one line per run instead of per configuration")
+    ps.add_argument("--format", choices=("text", "markdown"), default="text",
+                    help="markdown: a table to paste into notes or a README (raw rows: `bench export --format csv`)")
     pc = sub.add_parser("compare", help="paired test of two configurations of a track (McNemar, bootstrap)",
                         description="Compare two configurations point by point (McNemar's exact test per seed, "
                                     "a paired bootstrap over points and seeds) when their rows keep per-point "
@@ -174,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `bench show | head`: the reader left; nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

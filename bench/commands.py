@@ -215,7 +215,7 @@ def cmd_show(args) -> int:
     import warnings
 
     from bench.results import read_results
-    from bench.summary import LEGEND, bracket_lines, summary_table, suspect_lines
+    from bench.summary import LEGEND, bracket_lines, markdown_table, summary_table, suspect_lines
 
     d = results_dir_default(args.results_dir)
     with warnings.catch_warnings(record=True) as caught:
@@ -231,7 +231,7 @@ def cmd_show(args) -> int:
         print(f"no results in {d}. Produce some with: bench run --method dense --results-dir {d}")
         return 0
     table = summary_table(df, per_run=args.all)
-    print(table.to_string(index=False))
+    print(markdown_table(table) if getattr(args, "format", "text") == "markdown" else table.to_string(index=False))
     if not table.empty:
         print(f"\n{_show_legend(args.all, LEGEND)}")
     bracket = bracket_lines(df)

@@ -121,15 +121,16 @@ class Spec:
     method: str
     method_id: str  # as the rows' method_id column writes it (every parameter, defaults included)
     compression: float | None  # None: whatever single compression the rows have
+    name: str = ""  # as people type it (bench.method.short_id); empty: the method_id
 
     @property
     def label(self) -> str:
-        return self.method_id + ("" if self.compression is None else f"@{self.compression:g}")
+        return (self.name or self.method_id) + ("" if self.compression is None else f"@{self.compression:g}")
 
 
 def parse_spec(text: str) -> Spec:
     """``"robust_lowrank[mode=mean]@0.5"`` -> a :class:`Spec` (a method that does not compress is at 0)."""
-    from bench.method import parse_params, params_id
+    from bench.method import parse_params, params_id, short_id
     from bench.registry import METHODS
     from bench.sweep import parse_methods
 
@@ -148,12 +149,13 @@ def parse_spec(text: str) -> Spec:
         raise ValueError(f"{text!r}: expected one configuration NAME[k=v,...]@compression, got {len(specs)}")
     name, params = specs[0]
     cls = METHODS.get(name)
-    method_id = params_id(name, parse_params(cls.Params, params))
+    parsed = parse_params(cls.Params, params)
+    method_id = params_id(name, parsed)
     if not getattr(cls, "compresses", True):
         if compression not in (None, 0.0):
             raise ValueError(f"{text!r}: method {name!r} does not compress; leave out '@' or give @0")
         compression = 0.0
-    return Spec(text=text, method=name, method_id=method_id, compression=compression)
+    return Spec(text=text, method=name, method_id=method_id, compression=compression, name=short_id(name, parsed))
 
 
 def _value(v):

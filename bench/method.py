@@ -35,6 +35,7 @@ Parameters are a frozen dataclass ``Params`` with defaults; the CLI validates
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import typing
 from dataclasses import dataclass
@@ -257,7 +258,51 @@ def params_to_dict(params: Any) -> dict:
 
 def params_id(method: str, params: Any) -> str:
     """Stable id like ``robust_lowrank[kappa=1.5,mode=approx_orth]`` (benchopt style)."""
-    d = params_to_dict(params)
+    d = params if isinstance(params, dict) else params_to_dict(params)
     if not d:
         return method
     return method + "[" + ",".join(f"{k}={d[k]}" for k in sorted(d)) + "]"
+
+
+def short_id(method: str, params: Any = None) -> str:
+    """A configuration's name as people type it: ``robust_lowrank[step_scale=reference]``, i.e. only the
+    parameters whose value differs from the method's default (``params``: a dict, a dataclass or the
+    rows' ``method_params`` JSON). It is a valid ``--method`` / ``bench compare`` spec and names the same
+    configuration as the full :func:`params_id`. A method that is not registered here (a plugin not
+    installed) keeps every parameter, since its defaults are unknown."""
+    if isinstance(params, str):
+        params = json.loads(params) if params.strip() else {}
+    d = dict(params) if isinstance(params, dict) else params_to_dict(params) if params is not None else {}
+    if not d:
+        return method
+    return _short_id(method, json.dumps(d, sort_keys=True, default=str))
+
+
+def _defaults(method: str) -> dict | None:
+    """The registered method's parameter defaults; None when it is not registered here."""
+    from bench.registry import METHODS
+
+    try:
+        fields = dataclasses.fields(METHODS.get(method).Params)
+    except Exception:  # noqa: BLE001 - unknown method or no Params
+        return None
+    return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory() for f in fields
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+
+
+@functools.lru_cache(maxsize=512)
+def _short_id(method: str, params_json: str) -> str:
+    d = json.loads(params_json)
+    defaults = _defaults(method)
+    if defaults is None:
+        return params_id(method, d)
+    return params_id(method, {k: v for k, v in d.items() if k not in defaults or not _same(v, defaults[k])})
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as stored values: 1.5 == 1.5, True is not 1, a list equals its tuple."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b

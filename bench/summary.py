@@ -200,6 +200,7 @@ def summary_table(df: pd.DataFrame, per_run: bool = False) -> pd.DataFrame:
     ``position`` order; an accuracy brings its points column; a column no row has a value for is left out.
     """
     from bench.columns import shown
+    from bench.method import short_id
 
     cols = shown()
     if per_run:
@@ -209,8 +210,8 @@ def summary_table(df: pd.DataFrame, per_run: bool = False) -> pd.DataFrame:
     adversarial = bool(len(agg)) and (agg["objective"] != "standard").any()
     for _, r in agg.iterrows():
         target = r["compression_target"]
-        row = {"track": r["track"], **({"objective": objective_text(r)} if adversarial else {}), "method": r["method"],
-               "params": r["method_params"] if r["method_params"] not in ("{}", "") else "",
+        row = {"track": r["track"], **({"objective": objective_text(r)} if adversarial else {}),
+               "method": short_id(r["method"], r["method_params"]),
                "target": f"{target:.2f}" if target != "" and not pd.isna(target) else ""}
         for c in cols:
             if c.points:
@@ -236,8 +237,24 @@ def summary_table(df: pd.DataFrame, per_run: bool = False) -> pd.DataFrame:
     return t.drop(columns=empty)
 
 
+def markdown_table(table: pd.DataFrame) -> str:
+    """``table`` as a GitHub-flavoured markdown table (every cell as text, ``|`` escaped)."""
+    if table.empty:
+        return ""
+
+    def cell(v) -> str:
+        return ("" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(cell(c) for c in table.columns) + " |",
+             "| " + " | ".join("---" for _ in table.columns) + " |"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)
+
+
 def bracket_lines(df: pd.DataFrame) -> list[str]:
     """Per configuration with both numbers: 'certified ≤ true ≤ AutoAttack' at the headline ε (means over seeds)."""
+    from bench.method import short_id
+
     agg = aggregate(df)
     out = []
     for _, r in agg.iterrows():
@@ -245,8 +262,9 @@ def bracket_lines(df: pd.DataFrame) -> list[str]:
         if math.isnan(cert) or math.isnan(rob):
             continue
         eps = _num(r.get("robust_eps"))
-        params = r["method_params"] if r["method_params"] not in ("{}", "") else ""
-        out.append(f"  {r['track']} {r['method']}{(' ' + params) if params else ''}: certified {cert:.1%} <= true "
+        target = _num(r.get("compression_target"))
+        name = short_id(r["method"], r["method_params"]) + (f"@{target:g}" if target > 0 else "")
+        out.append(f"  {r['track']} {name}: certified {cert:.1%} <= true "
                    f"<= AutoAttack {rob:.1%} at Linf eps {eps:.4g}" + ("   (certified > AutoAttack: suspect)"
                                                                         if cert > rob + 1e-12 else ""))
     return out
@@ -296,7 +314,11 @@ def _points_label(c) -> str:
 def _per_run_table(df: pd.DataFrame, cols) -> pd.DataFrame:
     from bench.results import with_objective
 
+    from bench.method import short_id
+
     runs = with_objective(df.copy())
+    runs["method"] = [short_id(m, p if isinstance(p, str) else None)
+                      for m, p in zip(runs["method"], runs.get("method_params", pd.Series(None, index=runs.index)))]
     out = ["run_id", "status", "track", "method", "seed"]
     if (runs["objective"] != "standard").any():
         runs["objective"] = [objective_text(r) for r in runs.to_dict("records")]
