@@ -70,7 +70,7 @@ def _cifar_small(epochs: int, why: str) -> Track:
                     f"FC 128-128); SGD lr 0.05, momentum 0.45, crop+flip, {epochs} epochs; clean accuracy on n = 1,000 "
                     "test images, attacks on 500 of them",
         lr=0.05, momentum=0.45, augment="crop_flip", normalization=_CIFAR_NORM, compression=0.5,
-        eval=_CIFAR_SMALL_EVAL, reference=_PAPER_REF,
+        eval=_CIFAR_SMALL_EVAL, adv_eps=8 / 255, reference=_PAPER_REF,
         differs="every layer's channels and the two hidden FC widths x1/4 (0.96 M instead of 15.3 M parameters); "
                 f"{epochs} epochs instead of 120 (lr x0.3 at the same fractions: epochs {m1} and {m2}); {why}",
         **{**_PAPER, "epochs": epochs},

@@ -32,6 +32,28 @@ def test_builtin_objectives_and_their_params():
         make_objective("pgdat", {})
 
 
+@pytest.mark.parametrize("track", ["mnist-lenet5-e10", "cifar10-vgg16q-e25", "cifar10-vgg16"])
+def test_every_paper_track_says_its_adversarial_eps_and_keeps_its_ids(track, repo_root):
+    """MNIST trains and is attacked at 0.3, CIFAR-10 at 8/255 (the standard threat models); declaring it
+    changes no clean-trained configuration's id (adv_eps acts only through an objective's parameters)."""
+    import bench.tracks  # noqa: F401
+    from bench.identity import config_id, training_id
+    from bench.prepare import eval_protocol_for, prepare
+    from bench.registry import TRACKS
+
+    t = TRACKS.get(track)
+    want = 0.3 if track.startswith("mnist") else 8 / 255
+    assert t.adv_eps == pytest.approx(want)
+    assert make_objective("fgsm_rs", {}, adv_eps=t.adv_eps).params.eps == pytest.approx(want)
+    protocol = eval_protocol_for(t, t.adv_eps)
+    assert protocol.headline_eps == pytest.approx(want) and want in protocol.linf_eps
+    cfg = RunConfig(method="dense", track=track, seed=0)
+    resolved = prepare(cfg).resolved()
+    no_adv = copy.deepcopy(resolved)
+    no_adv["track"].pop("adv_eps", None)
+    assert config_id(no_adv) == config_id(resolved) and training_id(no_adv) == training_id(resolved)
+
+
 def test_bad_objective_is_refused_before_any_work(tmp_path):
     from bench.cli import main
 
