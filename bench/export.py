@@ -112,8 +112,8 @@ def robustbench_entries(runs: pd.DataFrame) -> list[tuple[str, str, dict]]:
             "clean_acc": _pct(a["clean_acc_mean"]),
             "reported": _pct(a["robust_acc_mean"]),
             "autoattack_acc": _pct(a["robust_acc_mean"]),
-            "footnote": (f"Mean over {n_seeds} seed(s). Standard AutoAttack on the first {aa_n} test points; clean "
-                         f"accuracy on the whole test split. Trained and measured by robust-compression-bench, "
+            "footnote": (f"Mean over {n_seeds} seed(s). Standard AutoAttack on {_points_text(first, aa_n)}; clean "
+                         f"accuracy on {_clean_text(first)}. Trained and measured by robust-compression-bench, "
                          f"not reported by a paper."),
             "unreliable": _suspect(a.get("trust")),
             # ours
@@ -143,6 +143,22 @@ def robustbench_entries(runs: pd.DataFrame) -> list[tuple[str, str, dict]]:
         }
         out.append((str(first["dataset"]), _safe(name) + ".json", info))
     return out
+
+
+def _points_text(row, aa_n) -> str:
+    """Which points the attacks used: 'the first 500 test points' or '500 test points drawn by a fixed
+    seeded permutation' (from the row's ``attacked_indices``)."""
+    idx = row.get("attacked_indices")
+    idx = [] if idx is None or (isinstance(idx, float) and math.isnan(idx)) else [int(i) for i in idx]
+    if idx and idx != list(range(len(idx))):
+        return f"{aa_n} test points drawn by a fixed seeded permutation (the same for every run; attacked_indices)"
+    return f"the first {aa_n} test points"
+
+
+def _clean_text(row) -> str:
+    """'the 10,000 test images' from the row's ``n_test`` (the offline CIFAR-10 copy holds 1,000)."""
+    n = pd.to_numeric(row.get("n_test"), errors="coerce")
+    return "the whole test split" if pd.isna(n) else f"n = {int(n):,} test images"
 
 
 def export(results_dir, out, fmt: str = "robustbench", *, track: str | None = None,

@@ -8,7 +8,7 @@ import pytest
 
 from bench.cli import main
 from bench.export import eps_text
-from bench.results import read_results
+from bench.results import read_results, with_objective
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 # the fields of RobustBench's own model_info files (e.g. model_info/cifar10/Linf/Standard.json)
@@ -29,8 +29,10 @@ def test_robustbench_export_has_one_file_per_configuration_with_its_numbers(tmp_
         pytest.skip("no committed rows with a standard-AutoAttack headline")
     assert main(["export", "--out", str(tmp_path), "--results-dir", str(RESULTS)]) == 0
     files = sorted(tmp_path.glob("model_info/*/Linf/*.json"))
-    configs = ok.groupby(["track", "method", "method_params", "compression_target"])
+    ok = with_objective(ok)
+    configs = ok.groupby(["track", "objective", "objective_params", "method", "method_params", "compression_target"])
     assert len(files) == configs.ngroups and f"{len(files)} file(s)" in capsys.readouterr().out
+    assert (ok["objective"] != "standard").any()  # an adversarially trained configuration is a file of its own
     for path in files:
         info = json.loads(path.read_text())
         for field, typ in ROBUSTBENCH_FIELDS.items():
@@ -38,13 +40,20 @@ def test_robustbench_export_has_one_file_per_configuration_with_its_numbers(tmp_
         assert path.parent.parent.name == info["dataset"]
         g = ok[(ok["track"] == info["track"]) & (ok["method"] == info["method"])
                & (ok["method_params"].map(json.loads) == [info["method_params"]] * len(ok))
+               & (ok["objective"] == info["objective"])
+               & (ok["objective_params"].map(json.loads) == [info["objective_params"]] * len(ok))
                & (ok["compression_target"] == info["compression_target"])]
         assert sorted(g["run_id"]) == info["run_ids"] and sorted(g["seed"]) == info["seeds"]
         assert info["clean_acc"] == f"{100 * g['clean_acc'].mean():.2f}"
         assert info["autoattack_acc"] == f"{100 * g['robust_acc'].mean():.2f}" == info["reported"]
         assert float(info["eps"].split("/")[0]) / (255 if "/" in info["eps"] else 1) == pytest.approx(
             g["robust_eps"].iloc[0])
-        assert info["aa_points"] == g["aa_n"].max() and f"first {info['aa_points']} test points" in info["footnote"]
+        assert info["aa_points"] == g["aa_n"].max()
+        permuted = list(g["attacked_indices"].iloc[0]) != list(range(info["aa_points"]))
+        assert (f"{info['aa_points']} test points drawn by a fixed seeded permutation" if permuted
+                else f"first {info['aa_points']} test points") in info["footnote"]
+        assert f"n = {int(g['n_test'].iloc[0]):,} test images" in info["footnote"]
+        assert "whole test split" not in info["footnote"]
         lo, hi = map(float, info["autoattack_acc_ci95"])
         assert lo <= float(info["autoattack_acc"]) <= hi
 
