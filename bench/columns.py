@@ -114,15 +114,24 @@ class Column:
 
 
 def fmt(v: Any, spec: str = ".4f") -> str:
-    """``format(v, spec)``; '-' for None and NaN; ``str(v)`` when the spec does not apply."""
+    """``format(v, spec)``; '-' for None and NaN; ``str(v)`` when the spec does not apply; the spec
+    ``"eps"`` writes an attack radius as :func:`eps_text` does (``1/255``, ``0.3``)."""
     if v is None:
         return "-"
     try:
         if v != v:  # NaN
             return "-"
-        return format(v, spec)
+        return eps_text(float(v)) if spec == "eps" else format(v, spec)
     except (TypeError, ValueError):
         return str(v)
+
+
+def eps_text(eps: float) -> str:
+    """RobustBench's way of writing ε: ``"8/255"`` where ε is a multiple of 1/255, else the number."""
+    k = eps * 255
+    if abs(k - round(k)) < 1e-6 and round(k) > 0 and abs(eps - round(eps, 3)) > 1e-12:
+        return f"{round(k)}/255"
+    return f"{eps:g}"
 
 
 @dataclass(frozen=True)

@@ -30,28 +30,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.columns import eps_text  # noqa: F401 - also part of this module's API (tests import it from here)
+
 FORMATS = ("robustbench", "csv", "parquet")
 
 
-def eps_text(eps: float) -> str:
-    """RobustBench's way of writing ε: ``"8/255"`` where ε is a multiple of 1/255, else the number."""
-    k = eps * 255
-    if abs(k - round(k)) < 1e-6 and round(k) > 0 and abs(eps - round(eps, 3)) > 1e-12:
-        return f"{round(k)}/255"
-    return f"{eps:g}"
-
-
-def method_label(method: str, params: dict) -> str:
-    """``method`` plus the parameters that differ from its defaults: ``robust_lowrank[mode=mean]``."""
-    from bench.method import params_to_dict
-    from bench.registry import METHODS
-
-    try:
-        defaults = params_to_dict(METHODS.get(method).Params())
-    except Exception:  # noqa: BLE001 - a method no longer registered: show every parameter
-        defaults = {}
-    changed = {k: v for k, v in params.items() if defaults.get(k, object()) != v}
-    return method + ("[" + ",".join(f"{k}={v}" for k, v in sorted(changed.items())) + "]" if changed else "")
 
 
 def _pct(v) -> str:
@@ -79,6 +62,7 @@ def robustbench_entries(runs: pd.DataFrame) -> list[tuple[str, str, dict]]:
     if ok.empty:
         return []
     from bench.results import with_objective
+    from bench.method import short_id
     from bench.summary import objective_text
 
     agg = aggregate(ok)
@@ -94,7 +78,7 @@ def robustbench_entries(runs: pd.DataFrame) -> list[tuple[str, str, dict]]:
         trained = "" if a["objective"] == "standard" else objective_text(a)
         first = g.iloc[0]
         params = json.loads(a["method_params"] or "{}")
-        label = method_label(a["method"], params)
+        label = short_id(a["method"], params)
         target = float(a["compression_target"])
         name = f"{a['track']}__{label}__c{target:g}" + (f"__{trained}" if trained else "")
         aa_n = int(pd.to_numeric(g["aa_n"], errors="coerce").max()) if "aa_n" in g else None

@@ -105,7 +105,7 @@ FAMILY = register_metric(MetricFamily(
                views=("show", "board"), position=30, sort="desc",
                sort_label="robust accuracy"),
         Column("robust_eps", "float", "the headline ε (Linf, pixels in [0, 1])", agg="first", label="eps",
-               fmt=".4g", views=("show",), position=40),
+               fmt="eps", views=("show",), position=40),
         Column("aa_headline_version", "str", "'standard' | 'plus' | 'custom' (the curve's attacks, on a cheaper protocol): the AutoAttack version at the headline ε"),
         Column("aa_n", "int", "points attacked (0 when attacks are skipped)"),
         Column("robust_acc_ci_low", "float", "95% Wilson interval of robust_acc over the aa_n points, low end",
