@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("a", metavar="A", help="NAME[KEY=VALUE,...]@COMPRESSION, e.g. robust_lowrank@0.5")
     pc.add_argument("b", metavar="B", help="the same for the second configuration")
     pc.add_argument("--track", "-t", default=None, help="track (default: the one track both have rows on)")
+    pc.add_argument("--objective", default=None, help="training objective of the rows compared, e.g. pgd_at "
+                    "(default: standard, else the one both have)")
+    pc.add_argument("--objective-b", default=None, help="B's objective when it differs from A's (does AT help?)")
     pc.add_argument("--results-dir", default=None, help="default: $BENCH_RESULTS_DIR, then ./results")
     plb = sub.add_parser("leaderboard", help="serve the Streamlit leaderboard")
     plb.add_argument("--results-dir", default=None, help="default: $BENCH_RESULTS_DIR, then ./results")

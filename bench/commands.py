@@ -256,7 +256,8 @@ def cmd_compare(args) -> int:
     from bench.compare import compare
     from bench.results import read_results
 
-    print(compare(read_results(results_dir_default(args.results_dir)), args.a, args.b, track=args.track).text())
+    print(compare(read_results(results_dir_default(args.results_dir)), args.a, args.b, track=args.track,
+                  objective=args.objective, objective_b=args.objective_b).text())
     return 0
 
 

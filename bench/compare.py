@@ -193,6 +193,51 @@ def _available(df: pd.DataFrame, track: str | None) -> str:
     return ", ".join(pairs)
 
 
+def _with_objective_text(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with ``_objective``: each row's objective as ``pgd_at[alpha=0.075,eps=0.3,steps=10]``
+    (``standard`` for rows written before objectives existed)."""
+    from bench.results import with_objective
+    from bench.summary import objective_text
+
+    df = with_objective(df.copy())
+    df["_objective"] = [objective_text(r) for r in df[["objective", "objective_params"]].to_dict("records")]
+    return df
+
+
+def _pick_objectives(df: pd.DataFrame, a: Spec, b: Spec, track: str, objective: str | None,
+                     objective_b: str | None) -> tuple[str, str]:
+    """The training objective (full text) of A's and of B's rows. ``objective`` names A's (and B's unless
+    ``objective_b`` is given) by name (``pgd_at``) or full text; without either: ``standard`` when both
+    have such rows, else the one objective they share. Rows of different objectives are never mixed."""
+
+    def texts(spec: Spec, want: str | None) -> list[str]:
+        rows = rows_of(df, spec, track)
+        if want is None:
+            return sorted(set(rows["_objective"]))
+        got = sorted(set(rows.loc[(rows["objective"] == want) | (rows["_objective"] == want), "_objective"]))
+        if not got:
+            raise ValueError(f"no rows of {spec.text} on track {track} trained with {want!r}; its objectives there: "
+                             f"{', '.join(sorted(set(rows['_objective']))) or 'none'}")
+        if len(got) > 1:
+            raise ValueError(f"{spec.text} on track {track} has rows of {', '.join(got)}: name one in full")
+        return got
+
+    if objective is None and objective_b is None:
+        ta, tb = texts(a, None), texts(b, None)
+        common = sorted(set(ta) & set(tb))
+        if "standard" in common:
+            return "standard", "standard"
+        if len(common) == 1:
+            return common[0], common[0]
+        if not common:
+            raise ValueError(f"{a.text} (trained with {', '.join(ta)}) and {b.text} (trained with {', '.join(tb)}) "
+                             f"share no training objective on {track}: compare across objectives with "
+                             f"--objective A's --objective-b B's")
+        raise ValueError(f"both have rows trained with {', '.join(common)} on {track}: choose one with --objective")
+    oa = texts(a, objective or "standard")[0]
+    return oa, texts(b, objective_b or objective or "standard")[0]
+
+
 def _pick_track(df: pd.DataFrame, a: Spec, b: Spec, track: str | None) -> str:
     if track is not None:
         return track
@@ -265,10 +310,16 @@ class Comparison:
     n_points: int | None
     notes: list[str] = field(default_factory=list)
     metrics: list[MetricComparison] = field(default_factory=list)
+    objective_a: str = "standard"  # the training objective of A's rows, in full (pgd_at[alpha=...,eps=...])
+    objective_b: str = "standard"
 
     def text(self) -> str:
         """What ``bench compare`` prints."""
-        lines = [f"bench compare on track {self.track}: A = {self.a.label}, B = {self.b.label}; "
+        if self.objective_a == self.objective_b:
+            trained = "" if self.objective_a == "standard" else f"; both trained with {self.objective_a}"
+        else:
+            trained = f"; A trained with {self.objective_a}, B with {self.objective_b}"
+        lines = [f"bench compare on track {self.track}: A = {self.a.label}, B = {self.b.label}{trained}; "
                  f"seeds {', '.join(map(str, self.seeds))} (paired by seed)"]
         if self.per_point:
             lines.append(f"per-point outcomes on the same {self.n_points} attacked points: McNemar's exact test per "
@@ -324,10 +375,13 @@ def _same_points(pairs: list[tuple[dict, dict]]) -> str:
 
 
 def compare(df: pd.DataFrame, a: str | Spec, b: str | Spec, *, track: str | None = None,
+            objective: str | None = None, objective_b: str | None = None,
             resamples: int = RESAMPLES) -> Comparison:
     """Compare configurations ``a`` and ``b`` (specs or ``NAME[k=v]@compression`` strings) on the rows in
-    ``df`` (:func:`bench.results.read_results`); see the module docstring. A bad spec, a configuration
-    without rows or no common seed is a ``ValueError`` that names what exists."""
+    ``df`` (:func:`bench.results.read_results`); see the module docstring. ``objective`` (and
+    ``objective_b`` for B when it differs) picks the training objective of the rows compared
+    (:func:`_pick_objectives`). A bad spec, a configuration without rows or no common seed is a
+    ``ValueError`` that names what exists."""
     from bench.outcomes import mask_at
 
     a = a if isinstance(a, Spec) else parse_spec(a)
@@ -341,7 +395,10 @@ def compare(df: pd.DataFrame, a: str | Spec, b: str | Spec, *, track: str | None
         if rows_of(df, spec, track).empty:
             raise ValueError(f"no successful rows of {spec.text} (method_id {spec.method_id}) on track {track}; "
                              f"configurations there: {_available(df, track)}")
-    rows_a, rows_b = _per_seed(rows_of(df, a, track), a, track), _per_seed(rows_of(df, b, track), b, track)
+    df = _with_objective_text(df)
+    obj_a, obj_b = _pick_objectives(df, a, b, track, objective, objective_b)
+    rows_a = _per_seed(rows_of(df, a, track).query("_objective == @obj_a"), a, track)
+    rows_b = _per_seed(rows_of(df, b, track).query("_objective == @obj_b"), b, track)
     seeds = sorted(set(rows_a) & set(rows_b))
     if not seeds:
         raise ValueError(f"{a.text} (seeds {sorted(rows_a)}) and {b.text} (seeds {sorted(rows_b)}) share no seed")
@@ -370,7 +427,7 @@ def compare(df: pd.DataFrame, a: str | Spec, b: str | Spec, *, track: str | None
             why = "a row has outcomes but no clean ones"
     if why:
         notes.insert(0, why)
-        return Comparison(track, a, b, seeds, False, None, notes, _seed_level(pairs, robust_title))
+        return Comparison(track, a, b, seeds, False, None, notes, _seed_level(pairs, robust_title), obj_a, obj_b)
 
     n = len(pairs[0][0]["attacked_indices"])
     metrics = []
@@ -387,7 +444,7 @@ def compare(df: pd.DataFrame, a: str | Spec, b: str | Spec, *, track: str | None
             lines.append(SeedLine(s, float(xa.mean()), float(xb.mean()), only_a, only_b, mcnemar_exact(only_a, only_b)))
         diff, low, high = paired_bootstrap(ma, mb, resamples=resamples)
         metrics.append(MetricComparison(title, lines, diff, low, high, "bootstrap interval"))
-    return Comparison(track, a, b, seeds, True, n, notes, metrics)
+    return Comparison(track, a, b, seeds, True, n, notes, metrics, obj_a, obj_b)
 
 
 def _seed_level(pairs: list[tuple[dict, dict]], robust_title: str) -> list[MetricComparison]:

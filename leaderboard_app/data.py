@@ -338,9 +338,11 @@ def label_of(row: Any) -> str:
 def comparison(runs: pd.DataFrame, row_a: Any, row_b: Any):
     """:func:`bench.compare.compare` of two leaderboard rows (configurations) on ``runs`` (one track's runs)."""
     from bench.compare import compare, spec_of
+    from bench.summary import objective_text
 
     specs = [spec_of(r["method_id"], as_float(r.get("compression_target"))) for r in (row_a, row_b)]
-    return compare(runs, specs[0], specs[1], track=row_a["track"])
+    return compare(runs, specs[0], specs[1], track=row_a["track"], objective=objective_text(row_a),
+                   objective_b=objective_text(row_b))
 
 
 def pareto_mask(x: Any, y: Any) -> np.ndarray:

@@ -111,7 +111,7 @@ def test_bench_compare_names_what_exists_when_a_configuration_has_no_rows(repo_r
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
     """dense and vanilla_lowrank@0.5, seeds 0 and 1, one epoch on the digits, 30 attacked points drawn by a
-    seeded permutation. The test track keeps AutoAttack cheap on two cores: APGD-CE alone along the curve
+    seeded permutation; and dense trained with fgsm_rs at ε = 0.3, seed 0. The test track keeps AutoAttack cheap on two cores: APGD-CE alone along the curve
     and the standard version at ε = 0.3, where a one-epoch model keeps few points."""
     import torch
 
@@ -133,6 +133,9 @@ def tiny_runs(tmp_path_factory):
                 assert main(["run", "--track", TRACK, "--method", method, "--compression", "0.5", "--seed", seed,
                              "--epochs", "1", "--n-eval", "30", "--threads", "1", "--quiet",
                              "--results-dir", str(d)]) == 0
+        # written last, with outcomes: a fast-AT dense run at the track's headline eps, seed 0
+        assert main(["run", "--track", TRACK, "--method", "dense", "--objective", "fgsm_rs[eps=0.3]", "--seed", "0",
+                     "--epochs", "1", "--n-eval", "30", "--threads", "1", "--quiet", "--results-dir", str(d)]) == 0
     torch.set_num_threads(threads)
     return d
 
@@ -142,7 +145,7 @@ def test_attacked_points_are_one_seeded_permutation_for_every_row(tiny_runs):
     import torch
 
     df = read_results(tiny_runs)
-    assert len(df) == 4
+    assert len(df) == 5  # the fgsm_rs row too: the points do not depend on the objective
     idx = [list(map(int, v)) for v in df["attacked_indices"]]
     assert all(i == idx[0] for i in idx) and len(idx[0]) == 30
     expected = sorted(torch.randperm(360, generator=torch.Generator().manual_seed(7))[:30].tolist())
@@ -219,3 +222,38 @@ def test_rows_without_attacks_compare_on_clean_outcomes_only(real_runs):
     cmp = compare(read_results(real_runs), "dense", "vanilla_lowrank@0.5")  # --no-attacks runs, seed 0 paired
     assert cmp.per_point and cmp.seeds == [0] and [m.title for m in cmp.metrics] == ["clean acc on the attacked points"]
     assert any("AutoAttack did not run" in n for n in cmp.notes) and "McNemar p" in cmp.text()
+
+
+@pytest.mark.slow
+def test_rows_of_another_objective_are_never_mixed_in(tiny_runs):
+    """The fgsm_rs dense row (seed 0, newer, with outcomes) must not stand in for the clean-trained seed 0;
+    across objectives only when asked, and then said in the header."""
+    df = read_results(tiny_runs)
+    standard = df[(df["method"] == "dense") & (df["objective"] == "standard") & (df["seed"] == 0)].iloc[0]
+    adv = df[(df["method"] == "dense") & (df["objective"] == "fgsm_rs")].iloc[0]
+    assert adv["created_at"] > standard["created_at"] and adv["robust_eps"] == standard["robust_eps"]
+
+    cmp = compare(df, "dense", "vanilla_lowrank@0.5")
+    assert (cmp.objective_a, cmp.objective_b) == ("standard", "standard") and cmp.seeds == [0, 1]
+    assert cmp.metrics[0].seeds[0].acc_a == pytest.approx(standard["robust_acc"])
+    assert "trained with" not in cmp.text().splitlines()[0]
+
+    with pytest.raises(ValueError, match=r"no rows of vanilla_lowrank@0.5 .* trained with 'fgsm_rs'; its objectives there: standard"):
+        compare(df, "dense", "vanilla_lowrank@0.5", objective="fgsm_rs")
+    across = compare(df, "dense", "dense", objective="fgsm_rs", objective_b="standard")
+    assert across.per_point and across.seeds == [0]
+    assert across.metrics[0].seeds[0].acc_a == pytest.approx(adv["robust_acc"])
+    assert across.metrics[0].seeds[0].acc_b == pytest.approx(standard["robust_acc"])
+    assert "A trained with fgsm_rs[alpha=0.375,eps=0.3], B with standard" in across.text().splitlines()[0]
+    alone = df[df["objective"] == "fgsm_rs"]  # no standard rows: the one objective both have is picked
+    assert compare(alone, "dense", "dense").objective_a == "fgsm_rs[alpha=0.375,eps=0.3]"
+
+
+def test_bench_compare_takes_the_objective_flags(tiny_runs, capsys):
+    from bench.cli import main
+
+    assert main(["compare", "dense", "dense", "--objective", "fgsm_rs", "--objective-b", "standard",
+                 "--results-dir", str(tiny_runs)]) == 0
+    assert "A trained with fgsm_rs" in capsys.readouterr().out
+    assert main(["compare", "dense", "vanilla_lowrank@0.5", "--objective", "trades", "--results-dir", str(tiny_runs)]) == 2
+    assert "trained with 'trades'" in capsys.readouterr().err
