@@ -13,7 +13,6 @@ raw), and the cost of a run.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -45,13 +44,20 @@ def _ms(vals, scale=100.0, spec=".1f") -> str:
     return f"{m:{spec}}" + (f" ± {statistics.stdev(vals) * scale:{spec}}" if len(vals) > 1 else "")
 
 
-def table(df, track) -> list[str]:
+def table(df, track, objective: str = "standard") -> list[str]:
+    """The markdown table of ``track``'s rows trained with ``objective`` (a name: ``standard``, ``pgd_at``;
+    an adversarial objective's headline ε is its training ε, as the rows were evaluated)."""
     import pandas as pd
 
-    from bench.export import method_label
+    from bench.method import short_id
+    from bench.prepare import eval_protocol_for
+    from bench.results import with_objective
 
-    ok = df[(df["status"] == "ok") & (df["track"] == track.name)]
+    df = with_objective(df.copy())
+    ok = df[(df["status"] == "ok") & (df["track"] == track.name) & (df["objective"] == objective)]
     ev = track.eval
+    if objective != "standard" and len(ok):
+        ev = eval_protocol_for(track, float(ok["robust_eps"].dropna().iloc[0]))
     curve_eps = [e for e in ev.linf_eps if not math.isclose(e, ev.headline_eps)]
     fgsm_eps = [e for e in ev.fgsm_eps if e > 0][1::2] or list(ev.fgsm_eps)
     head = (["method", "c", "seeds", "clean % (whole test)", f"AA std ε={ev.headline_eps:g} %", "AA points"]
@@ -63,7 +69,7 @@ def table(df, track) -> list[str]:
         lo, hi = _pooled(g["clean_acc"], g["n_test"])
         rob = [r for r in g["robust_acc"] if r is not None and not pd.isna(r)]
         rlo, rhi = _pooled(g["robust_acc"], g["aa_n"]) if rob else (math.nan, math.nan)
-        row = [method_label(method, json.loads(params or "{}")), f"{target:g}" if not pd.isna(target) else "0", str(g["seed"].nunique()),
+        row = [short_id(method, params or "{}"), f"{target:g}" if not pd.isna(target) else "0", str(g["seed"].nunique()),
                f"{_ms(g['clean_acc'], spec='.2f')} [{lo * 100:.2f}, {hi * 100:.2f}]",
                f"{_ms(g['robust_acc'])} [{rlo * 100:.1f}, {rhi * 100:.1f}]" if rob else "–",
                str(int(g["aa_n"].fillna(0).max()))]
@@ -84,13 +90,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--track", default="mnist-lenet5-e10")
     ap.add_argument("--results-dir", default="results")
+    ap.add_argument("--objective", default="standard", help="training objective of the rows (standard, pgd_at, ...)")
     args = ap.parse_args(argv)
     track = TRACKS.get(args.track)
     df = read_results(args.results_dir)
     if df.empty or not (df["track"] == track.name).any():
         print(f"no rows for track {track.name} in {args.results_dir}", file=sys.stderr)
         return 1
-    print("\n".join(table(df, track)))
+    print("\n".join(table(df, track, args.objective)))
     return 0
 
 
