@@ -264,6 +264,8 @@ def bracket_lines(df: pd.DataFrame) -> list[str]:
         eps = _num(r.get("robust_eps"))
         target = _num(r.get("compression_target"))
         name = short_id(r["method"], r["method_params"]) + (f"@{target:g}" if target > 0 else "")
+        if r.get("objective", "standard") != "standard":
+            name += f" trained with {objective_text(r)}"
         out.append(f"  {r['track']} {name}: certified {cert:.1%} <= true "
                    f"<= AutoAttack {rob:.1%} at Linf eps {eps:.4g}" + ("   (certified > AutoAttack: suspect)"
                                                                         if cert > rob + 1e-12 else ""))
