@@ -49,6 +49,7 @@ def table(df, track, objective: str = "standard") -> list[str]:
     an adversarial objective's headline ε is its training ε, as the rows were evaluated)."""
     import pandas as pd
 
+    from bench.columns import eps_text
     from bench.method import short_id
     from bench.prepare import eval_protocol_for
     from bench.results import with_objective
@@ -60,9 +61,10 @@ def table(df, track, objective: str = "standard") -> list[str]:
         ev = eval_protocol_for(track, float(ok["robust_eps"].dropna().iloc[0]))
     curve_eps = [e for e in ev.linf_eps if not math.isclose(e, ev.headline_eps)]
     fgsm_eps = [e for e in ev.fgsm_eps if e > 0][1::2] or list(ev.fgsm_eps)
-    head = (["method", "c", "seeds", "clean % (whole test)", f"AA std ε={ev.headline_eps:g} %", "AA points"]
-            + [f"APGD-CE+T ε={e:g} %" for e in curve_eps] + [f"FGSM ε={e:g} %" for e in fgsm_eps]
-            + [f"PGD-50 L∞ ε={ev.headline_eps:g} %", "κ max (folded)", "κ max (raw)", "train s", "eval s"])
+    n_test = sorted({int(n) for n in ok["n_test"].dropna()}) if "n_test" in ok else []
+    head = (["method", "c", "seeds", f"clean % (n = {', '.join(f'{n:,}' for n in n_test) or '?'})", f"AA std ε={eps_text(ev.headline_eps)} %", "AA points"]
+            + [f"APGD-CE+T ε={eps_text(e)} %" for e in curve_eps] + [f"FGSM ε={e:g} %" for e in fgsm_eps]
+            + [f"PGD-50 L∞ ε={eps_text(ev.headline_eps)} %", "κ max (folded)", "κ max (raw)", "train s", "eval s"])
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     groups = ok.groupby(["method", "method_params", "compression_target"], sort=True, dropna=False)
     for (method, params, target), g in groups:
