@@ -341,6 +341,8 @@ def _per_run_table(df: pd.DataFrame, cols) -> pd.DataFrame:
             runs[c.terminal] = [verdict_short(v) for v in runs[c.name]] if c.name in runs.columns else None
             out.append(c.terminal)
         else:
+            if c.name in runs.columns:
+                runs[c.name] = [c.display(v) for v in runs[c.name]]
             out.append(c.name)
     out.append("created_at")
     return runs[[c for c in out if c in runs.columns]].sort_values(["track", "method"])
