@@ -413,7 +413,9 @@ def compare(df: pd.DataFrame, a: str | Spec, b: str | Spec, *, track: str | None
         raise ValueError(f"the rows report robust accuracy at different ε ({sorted(eps_a)}); they do not compare")
     eps = eps_a.pop() if eps_a else None
     version = next((r.get("aa_headline_version") for r, _ in pairs if r.get("aa_headline_version")), None)
-    robust_title = ("robust acc, AutoAttack Linf eps=" + (f"{eps:.4g}" if eps is not None else "?")
+    from bench.columns import eps_text
+
+    robust_title = ("robust acc, AutoAttack Linf eps=" + (eps_text(eps) if eps is not None else "?")
                     + (f" ({version})" if version else ""))
 
     why = ""
