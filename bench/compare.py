@@ -204,14 +204,14 @@ def _with_objective_text(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _pick_objectives(df: pd.DataFrame, a: Spec, b: Spec, track: str, objective: str | None,
-                     objective_b: str | None) -> tuple[str, str]:
-    """The training objective (full text) of A's and of B's rows. ``objective`` names A's (and B's unless
-    ``objective_b`` is given) by name (``pgd_at``) or full text; without either: ``standard`` when both
-    have such rows, else the one objective they share. Rows of different objectives are never mixed."""
+def _pick_objectives(rows_a: pd.DataFrame, rows_b: pd.DataFrame, a: Spec, b: Spec, track: str,
+                     objective: str | None, objective_b: str | None) -> tuple[str, str]:
+    """The training objective (full text) of A's and of B's rows (``rows_a``, ``rows_b``: their rows on
+    ``track``, with ``_objective``). ``objective`` names A's (and B's unless ``objective_b`` is given) by
+    name (``pgd_at``) or full text; without either: ``standard`` when both have such rows, else the one
+    objective they share. Rows of different objectives are never mixed."""
 
-    def texts(spec: Spec, want: str | None) -> list[str]:
-        rows = rows_of(df, spec, track)
+    def texts(rows: pd.DataFrame, spec: Spec, want: str | None) -> list[str]:
         if want is None:
             return sorted(set(rows["_objective"]))
         got = sorted(set(rows.loc[(rows["objective"] == want) | (rows["_objective"] == want), "_objective"]))
@@ -223,7 +223,7 @@ def _pick_objectives(df: pd.DataFrame, a: Spec, b: Spec, track: str, objective: 
         return got
 
     if objective is None and objective_b is None:
-        ta, tb = texts(a, None), texts(b, None)
+        ta, tb = texts(rows_a, a, None), texts(rows_b, b, None)
         common = sorted(set(ta) & set(tb))
         if "standard" in common:
             return "standard", "standard"
@@ -234,8 +234,8 @@ def _pick_objectives(df: pd.DataFrame, a: Spec, b: Spec, track: str, objective: 
                              f"share no training objective on {track}: compare across objectives with "
                              f"--objective A's --objective-b B's")
         raise ValueError(f"both have rows trained with {', '.join(common)} on {track}: choose one with --objective")
-    oa = texts(a, objective or "standard")[0]
-    return oa, texts(b, objective_b or objective or "standard")[0]
+    oa = texts(rows_a, a, objective or "standard")[0]
+    return oa, texts(rows_b, b, objective_b or objective or "standard")[0]
 
 
 def _pick_track(df: pd.DataFrame, a: Spec, b: Spec, track: str | None) -> str:
@@ -391,14 +391,15 @@ def compare(df: pd.DataFrame, a: str | Spec, b: str | Spec, *, track: str | None
     if "method_id" not in df.columns:
         df = df.assign(method_id=df["method"])
     track = _pick_track(df, a, b, track)
-    for spec in (a, b):
-        if rows_of(df, spec, track).empty:
+    all_a, all_b = rows_of(df, a, track), rows_of(df, b, track)
+    for spec, rows in ((a, all_a), (b, all_b)):
+        if rows.empty:
             raise ValueError(f"no successful rows of {spec.text} (method_id {spec.method_id}) on track {track}; "
                              f"configurations there: {_available(df, track)}")
-    df = _with_objective_text(df)
-    obj_a, obj_b = _pick_objectives(df, a, b, track, objective, objective_b)
-    rows_a = _per_seed(rows_of(df, a, track).query("_objective == @obj_a"), a, track)
-    rows_b = _per_seed(rows_of(df, b, track).query("_objective == @obj_b"), b, track)
+    all_a, all_b = _with_objective_text(all_a), _with_objective_text(all_b)
+    obj_a, obj_b = _pick_objectives(all_a, all_b, a, b, track, objective, objective_b)
+    rows_a = _per_seed(all_a[all_a["_objective"] == obj_a], a, track)
+    rows_b = _per_seed(all_b[all_b["_objective"] == obj_b], b, track)
     seeds = sorted(set(rows_a) & set(rows_b))
     if not seeds:
         raise ValueError(f"{a.text} (seeds {sorted(rows_a)}) and {b.text} (seeds {sorted(rows_b)}) share no seed")

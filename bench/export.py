@@ -30,11 +30,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.columns import eps_text  # noqa: F401 - also part of this module's API (tests import it from here)
+from bench.columns import eps_text
 
 FORMATS = ("robustbench", "csv", "parquet")
-
-
 
 
 def _pct(v) -> str:
@@ -61,8 +59,8 @@ def robustbench_entries(runs: pd.DataFrame) -> list[tuple[str, str, dict]]:
     ok = ok[ok["robust_acc"].notna()] if "robust_acc" in ok.columns else ok.iloc[0:0]
     if ok.empty:
         return []
-    from bench.results import with_objective
     from bench.method import short_id
+    from bench.results import with_objective
     from bench.summary import objective_text
 
     agg = aggregate(ok)
@@ -140,7 +138,7 @@ def _points_text(row, aa_n) -> str:
 
 
 def _clean_text(row) -> str:
-    """'the 10,000 test images' from the row's ``n_test`` (the offline CIFAR-10 copy holds 1,000)."""
+    """'n = 10,000 test images' from the row's ``n_test`` (the offline CIFAR-10 copy holds 1,000)."""
     n = pd.to_numeric(row.get("n_test"), errors="coerce")
     return "the whole test split" if pd.isna(n) else f"n = {int(n):,} test images"
 

@@ -314,9 +314,8 @@ def _points_label(c) -> str:
 
 
 def _per_run_table(df: pd.DataFrame, cols) -> pd.DataFrame:
-    from bench.results import with_objective
-
     from bench.method import short_id
+    from bench.results import with_objective
 
     runs = with_objective(df.copy())
     runs["method"] = [short_id(m, p if isinstance(p, str) else None)
