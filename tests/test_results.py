@@ -123,3 +123,32 @@ def test_reproduction_table_keeps_objectives_apart(repo_root):
     assert "AA std ε=0.3 %" in adv[0]
     dense = next(x for x in adv if x.startswith("| dense | 0 |")).split(" | ")
     assert dense[2] == str(at["seed"].nunique()) and dense[4].startswith(f"{at['robust_acc'].mean() * 100:.1f}")
+
+
+def test_reproduction_table_has_the_papers_columns_on_the_committed_cifar_rows(repo_root):
+    """The CIFAR-10 table carries the columns the CondLR paper's VGG16 table shares with ours (FGSM on
+    its grid, L2-PGD at 0.3), with the seed means of the rows, so REPRODUCTION.md's comparison is one command."""
+    import importlib.util
+
+    import bench.tracks  # noqa: F401
+    from bench.registry import TRACKS
+    from bench.results import with_objective
+
+    spec = importlib.util.spec_from_file_location("reproduction_table", repo_root / "benchmarks" / "reproduction_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    df = with_objective(read_results(repo_root / "results"))
+    track = TRACKS.get("cifar10-vgg16q-e25")
+    dense = df[(df["track"] == track.name) & (df["objective"] == "standard") & (df["method"] == "dense") & (df["status"] == "ok")]
+    if dense.empty:
+        pytest.skip("no committed cifar10-vgg16q-e25 rows")
+    lines = mod.table(df, track)
+    head = lines[0].split(" | ")
+    fgsm, l2 = head.index("FGSM ε=0 / 0.002 / 0.004 / 0.006 % (means)"), head.index("L2-PGD ε=0.3 %")
+    cells = next(x for x in lines if x.startswith("| dense | 0 |")).split(" | ")
+
+    def mean_at(col, eps):
+        return sum(next(p["acc"] for p in c if abs(p["eps"] - eps) < 1e-9) for c in dense[col]) / len(dense)
+
+    assert cells[fgsm] == " / ".join(f"{mean_at('fgsm_curve', e) * 100:.1f}" for e in (0.0, 0.002, 0.004, 0.006))
+    assert cells[l2].startswith(f"{mean_at('pgd_l2_curve', 0.3) * 100:.1f}")
