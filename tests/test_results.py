@@ -76,16 +76,22 @@ def test_value_that_breaks_a_declared_type_is_a_clear_error(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_reproduction_table_matches_bench_show_on_the_committed_digits_rows(repo_root):
-    """benchmarks/reproduction_table.py (REPRODUCTION.md) and bench show (bench.summary) give the same
-    seed mean and the same Wilson interval, over one seed's worth of points, for the committed rows."""
+def _reproduction_table(repo_root):
+    """benchmarks/reproduction_table.py as a module (benchmarks/ is not a package)."""
     import importlib.util
-
-    from bench.summary import pooled_interval
 
     spec = importlib.util.spec_from_file_location("reproduction_table", repo_root / "benchmarks" / "reproduction_table.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_reproduction_table_matches_bench_show_on_the_committed_digits_rows(repo_root):
+    """benchmarks/reproduction_table.py (REPRODUCTION.md) and bench show (bench.summary) give the same
+    seed mean and the same Wilson interval, over one seed's worth of points, for the committed rows."""
+    from bench.summary import pooled_interval
+
+    mod = _reproduction_table(repo_root)
     from bench.registry import TRACKS
     import bench.tracks  # noqa: F401
 
@@ -103,15 +109,11 @@ def test_reproduction_table_matches_bench_show_on_the_committed_digits_rows(repo
 def test_reproduction_table_keeps_objectives_apart(repo_root):
     """The committed MNIST dense rows: 3 clean-trained seeds, and pgd_at rows in a table of their own whose
     headline is the training ε 0.3."""
-    import importlib.util
-
     import bench.tracks  # noqa: F401
     from bench.registry import TRACKS
     from bench.results import with_objective
 
-    spec = importlib.util.spec_from_file_location("reproduction_table", repo_root / "benchmarks" / "reproduction_table.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _reproduction_table(repo_root)
     df = with_objective(read_results(repo_root / "results"))
     track = TRACKS.get("mnist-lenet5-e10")
     at = df[(df["track"] == track.name) & (df["objective"] == "pgd_at") & (df["method"] == "dense") & (df["status"] == "ok")]
@@ -128,15 +130,11 @@ def test_reproduction_table_keeps_objectives_apart(repo_root):
 def test_reproduction_table_has_the_papers_columns_on_the_committed_cifar_rows(repo_root):
     """The CIFAR-10 table carries the columns the CondLR paper's VGG16 table shares with ours (FGSM on
     its grid, L2-PGD at 0.3), with the seed means of the rows, so REPRODUCTION.md's comparison is one command."""
-    import importlib.util
-
     import bench.tracks  # noqa: F401
     from bench.registry import TRACKS
     from bench.results import with_objective
 
-    spec = importlib.util.spec_from_file_location("reproduction_table", repo_root / "benchmarks" / "reproduction_table.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _reproduction_table(repo_root)
     df = with_objective(read_results(repo_root / "results"))
     track = TRACKS.get("cifar10-vgg16q-e25")
     dense = df[(df["track"] == track.name) & (df["objective"] == "standard") & (df["method"] == "dense") & (df["status"] == "ok")]
