@@ -38,10 +38,15 @@ def _pooled(accs, ns) -> tuple[float, float]:
     return iv["ci_low"], iv["ci_high"]
 
 
+def _present(vals) -> list:
+    """``vals`` without the missing ones (None, NaN)."""
+    return [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
+
+
 def _ms(vals, scale=100.0, spec=".1f") -> str:
     import statistics
 
-    vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    vals = _present(vals)
     if not vals:
         return "–"
     m = statistics.fmean(vals) * scale
@@ -51,7 +56,8 @@ def _ms(vals, scale=100.0, spec=".1f") -> str:
 
 
 def _mean(vals) -> str:
-    vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    """The mean of ``vals`` in % without the seed std (for a cell that holds several ε)."""
+    vals = _present(vals)
     return f"{sum(vals) / len(vals) * 100:.1f}" if vals else "–"
 
 

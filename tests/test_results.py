@@ -86,6 +86,15 @@ def _reproduction_table(repo_root):
     return mod
 
 
+def _committed(repo_root, track_name):
+    """The reproduction-table module, the committed rows (with their objective) and the track."""
+    import bench.tracks  # noqa: F401
+    from bench.registry import TRACKS
+    from bench.results import with_objective
+
+    return _reproduction_table(repo_root), with_objective(read_results(repo_root / "results")), TRACKS.get(track_name)
+
+
 def test_reproduction_table_matches_bench_show_on_the_committed_digits_rows(repo_root):
     """benchmarks/reproduction_table.py (REPRODUCTION.md) and bench show (bench.summary) give the same
     seed mean and the same Wilson interval, over one seed's worth of points, for the committed rows."""
@@ -109,13 +118,7 @@ def test_reproduction_table_matches_bench_show_on_the_committed_digits_rows(repo
 def test_reproduction_table_keeps_objectives_apart(repo_root):
     """The committed MNIST dense rows: 3 clean-trained seeds, and pgd_at rows in a table of their own whose
     headline is the training ε 0.3."""
-    import bench.tracks  # noqa: F401
-    from bench.registry import TRACKS
-    from bench.results import with_objective
-
-    mod = _reproduction_table(repo_root)
-    df = with_objective(read_results(repo_root / "results"))
-    track = TRACKS.get("mnist-lenet5-e10")
+    mod, df, track = _committed(repo_root, "mnist-lenet5-e10")
     at = df[(df["track"] == track.name) & (df["objective"] == "pgd_at") & (df["method"] == "dense") & (df["status"] == "ok")]
     if at.empty:
         pytest.skip("no committed pgd_at rows")
@@ -130,13 +133,7 @@ def test_reproduction_table_keeps_objectives_apart(repo_root):
 def test_reproduction_table_has_the_papers_columns_on_the_committed_cifar_rows(repo_root):
     """The CIFAR-10 table carries the columns the CondLR paper's VGG16 table shares with ours (FGSM on
     its grid, L2-PGD at 0.3), with the seed means of the rows, so REPRODUCTION.md's comparison is one command."""
-    import bench.tracks  # noqa: F401
-    from bench.registry import TRACKS
-    from bench.results import with_objective
-
-    mod = _reproduction_table(repo_root)
-    df = with_objective(read_results(repo_root / "results"))
-    track = TRACKS.get("cifar10-vgg16q-e25")
+    mod, df, track = _committed(repo_root, "cifar10-vgg16q-e25")
     dense = df[(df["track"] == track.name) & (df["objective"] == "standard") & (df["method"] == "dense") & (df["status"] == "ok")]
     if dense.empty:
         pytest.skip("no committed cifar10-vgg16q-e25 rows")
