@@ -480,20 +480,24 @@ def test_paper_reference_loads_with_the_published_numbers():
     from leaderboard_app import data as lbd
 
     ref = lbd.load_paper_reference()
-    assert len(ref) == 19 and set(ref["dataset"]) == {"cifar10"} and set(ref["arch"]) == {"vgg16"}
+    assert len(ref) == 27 and set(ref["dataset"]) == {"cifar10"} and set(ref["arch"]) == {"vgg16"}
     fgsm = ref[ref["attack"] == "FGSM"].pivot_table(index="method", columns="eps", values="value")
     assert fgsm.loc["CondLR"].tolist() == [89.97, 72.25, 60.19, 50.17]
     assert fgsm.loc["LoRA-style"].tolist() == [89.97, 67.71, 48.86, 38.49]
     assert fgsm.loc["SVD prune"].tolist() == [89.92, 67.30, 47.77, 36.98]
     assert fgsm.loc["Cayley SGD (dense)"].tolist() == [89.62, 74.46, 58.16, 45.29]
+    assert fgsm.loc["RobustDLRT"].tolist() == [89.35, 78.72, 66.02, 54.15]
+    assert fgsm.loc["Baseline (dense, RobustDLRT's run)"].tolist() == [89.83, 78.61, 64.66, 53.71]
+    assert ref.loc[ref["method"] == "RobustDLRT", "compression"].unique().tolist() == [0.9435]
     pgd = ref[ref["attack"] == "PGD"].set_index("method")
     assert set(pgd["norm"]) == {"L2"} and set(pgd["eps"]) == {0.3}
     assert pgd["value"].to_dict() == {"CondLR": 54.58, "LoRA-style": 21.84, "SVD prune": 19.94}
     assert pgd.loc["CondLR", "method_params"] == "tau=0.1" and np.isnan(pgd.loc["SVD prune", "compression"])
     assert ref.loc[(ref["method"] == "CondLR") & (ref["eps"] == 0.006), "acc"].item() == pytest.approx(0.5017)
     assert set(ref["family"]) == {"fgsm", "pgd_l2"}
-    assert set(ref["bench_method"]) == {"robust_lowrank", "vanilla_lowrank", "svd_prune", "orthogonal_dense"}
-    assert ref["source"].str.contains("RobustDLRT").all()
+    assert set(ref["bench_method"]) == {"robust_lowrank", "vanilla_lowrank", "svd_prune", "orthogonal_dense",
+                                        "robust_dlrt", "dense"}
+    assert ref["source"].str.contains("RobustDLRT").all()  # the CondLR numbers as RobustDLRT quotes them
 
 
 @pytest.mark.parametrize("breakage, message", [
@@ -502,7 +506,7 @@ def test_paper_reference_loads_with_the_published_numbers():
     (lambda t: t.replace("72.25", "seventy"), "line 3: value 'seventy' is not a number"),
     (lambda t: t.replace("72.25", "172.25"), "line 3: value 172.25 is outside [0, 100]"),
     (lambda t: t.replace(",PGD,L2,", ",PGD,L3,", 1), "attack/norm 'PGD'/'L3'"),
-    (lambda t: t + t.splitlines()[1] + "\n", "line 21: the same number is listed twice"),
+    (lambda t: t + t.splitlines()[1] + "\n", "line 29: the same number is listed twice"),
     (lambda t: t.splitlines()[0] + "\n", "no rows"),
     (lambda t: "", "not a readable CSV file"),
 ])
@@ -610,7 +614,7 @@ def test_paper_numbers_sit_beside_ours_and_never_in_the_ranking(cifar_runs):
 
     runs = lbd.load(cifar_runs["dir"]).runs
     ref = lbd.paper_rows(lbd.load_paper_reference(), runs)
-    assert len(ref) == 19
+    assert len(ref) == 27
     assert lbd.paper_rows(lbd.load_paper_reference(), runs.assign(dataset="mnist", arch="lenet5")).empty
     both = lbd.paper_beside_ours(ref, runs)
     condlr = both[(both["attack"] == "FGSM L∞") & both["paper setting"].str.startswith("CondLR")].set_index("eps")
@@ -621,10 +625,13 @@ def test_paper_numbers_sit_beside_ours_and_never_in_the_ranking(cifar_runs):
     assert pgd["ours"] == pytest.approx(0.5) and pgd[lbd.PAPER_LABEL] == pytest.approx(0.5458)
     cayley = both[both["paper setting"].str.startswith("Cayley")]
     assert len(cayley) == 4 and cayley["ours"].isna().all()  # no orthogonal_dense run here: ours empty
+    rdlrt = both[both["paper setting"].str.startswith("RobustDLRT")]
+    assert rdlrt["paper setting"].iloc[0] == "RobustDLRT, c.r. 94.35% (the paper's compression rate, rank-adaptive)"
+    assert len(rdlrt) == 4 and rdlrt["ours"].isna().all()
     lb = lbd.leaderboard(runs)
     assert set(lb["method"]) == {"robust_lowrank", "vanilla_lowrank"} and lb["rank"].notna().all()
     pts = lbd.paper_curve_points(ref, "fgsm")
-    assert len(pts) == 16 and pts["label"].str.startswith(lbd.PAPER_LABEL).all()
+    assert len(pts) == 24 and pts["label"].str.startswith(lbd.PAPER_LABEL).all()
 
 
 def test_app_shows_intervals_honest_labels_track_and_paper(cifar_runs, monkeypatch):
