@@ -6,6 +6,7 @@ and printed by :func:`bench.cli.main`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -89,8 +90,16 @@ def cmd_sweep(args) -> int:
     check_writable(args.results_dir)
     counts, slots, t_start = {"ok": 0, "failed": 0, "skipped": 0}, {"n": 1}, time.time()
 
+    # the compression a run trains at: the track's when the grid leaves it out, 0 for dense methods
+    # (keyed without num_threads, which the Ray executor sets on its copy of the config)
+    def key(cfg) -> str:
+        return repr(dataclasses.replace(cfg, num_threads=None))
+
+    resolved = {key(q.cfg): q.compression for q in pl.todo}
+
     def what(cfg) -> str:
-        text = f"{cfg.method}{params_text(cfg)} compression={cfg.compression} seed={cfg.seed}"
+        c = resolved.get(key(cfg), cfg.compression)
+        text = f"{cfg.method}{params_text(cfg)} compression={'track default' if c is None else format(c, 'g')} seed={cfg.seed}"
         return f"{cfg.track} {text}" if pl.n_tracks > 1 else text
 
     def report(cfg, summary) -> None:

@@ -119,6 +119,8 @@ def test_sweep_runs_a_grid_and_skips_what_is_done(tmp_path, run_bench):
     assert df["sweep_id"].nunique() == 1 and df["sweep_id"].iloc[0].startswith("sw-")
     assert f"bench sweep {df['sweep_id'].iloc[0]}:" in r.stdout
     assert "progress: 1 done, 0 failed, 0 skipped (elsewhere), 0 running, 2 waiting" in r.stdout and "ETA" in r.stdout
+    # each run is announced at the compression it trains at, not the grid's target it ignored
+    assert "[1/3] dense compression=0 seed=0" in r.stdout and "[3/3] vanilla_lowrank compression=0.8 seed=0" in r.stdout
     assert df["config_id"].str.startswith("cfg-").all() and df["config_id"].is_unique
     again = run_bench(*args)
     assert again.returncode == 0 and "3 already done, 0 to run" in again.stdout

@@ -15,6 +15,8 @@ def test_ray_sweep_writes_each_row_once_and_a_rerun_adds_none(tmp_path, run_benc
     assert r.returncode == 0, r.stderr
     assert "executor: Ray (a local instance on 127.0.0.1)" in r.stdout and "4 to run" in r.stdout and "2 at a time" in r.stdout
     assert "progress: 4 done, 0 failed, 0 skipped (elsewhere), 0 running, 0 waiting" in r.stdout
+    # results name the compression each run trained at (the track's 0.5; 0 for dense), not "None"
+    assert "dense compression=0 seed=1: clean" in r.stdout and "vanilla_lowrank compression=0.5 seed=1: clean" in r.stdout
     df = read_results(tmp_path)
     assert len(df) == 4 and set(df["status"]) == {"ok"} and df["run_id"].is_unique and df["config_id"].is_unique
     assert sorted(zip(df["method"], df["seed"])) == [("dense", 0), ("dense", 1), ("vanilla_lowrank", 0),
