@@ -7,6 +7,8 @@ same test points, so pooling them would overstate the precision; as ``bench show
 APGD-CE + APGD-T curve, FGSM on the paper's grid (seed means, one cell), PGD-50 at the headline ε and
 L2-PGD at the paper's 0.3 (where the track evaluates it), the transfer attack from the dense parent,
 condition numbers (BN/input folded, raw, and of the convolution operator), and the cost of a run.
+Rows of an adversarial objective add what reading them needs: the PGD monitor's last value
+(``train_pgd_curve``), how many seeds overfit catastrophically, and the trust verdicts.
 
     python benchmarks/reproduction_table.py --track mnist-lenet5-e10 [--results-dir results]
 """
@@ -61,6 +63,32 @@ def _mean(vals) -> str:
     return f"{sum(vals) / len(vals) * 100:.1f}" if vals else "–"
 
 
+def _last(curve) -> float | None:
+    """The last value of a per-epoch curve (None when there is none)."""
+    vals = list(curve) if curve is not None and not isinstance(curve, float) else []
+    return float(vals[-1]) if vals else None
+
+
+def _trust(verdicts) -> str:
+    """The rows' trust verdicts, each shortened to the checks that failed, with counts:
+    'ok', 'suspect: Square ×2', 'ok ×1, suspect: Square ×2'."""
+    import collections
+
+    short = []
+    for v in verdicts:
+        if not isinstance(v, str) or not v:
+            continue
+        if v.startswith("suspect: "):  # 'Square (black-box) broke points ...; Transfer ...' -> 'Square, Transfer'
+            v = "suspect: " + ", ".join(r.strip().split(" ")[0] for r in v[len("suspect: "):].split(";"))
+        short.append(v)
+    counts = collections.Counter(short)
+    if not counts:
+        return "–"
+    if len(counts) == 1 and len(short) == 1:
+        return short[0]
+    return ", ".join(f"{v} ×{n}" for v, n in sorted(counts.items()))
+
+
 def _col(g, name):
     import pandas as pd
 
@@ -91,7 +119,8 @@ def table(df, track, objective: str = "standard") -> list[str]:
             + [f"APGD-CE+T ε={eps_text(e)} %" for e in curve_eps]
             + [f"FGSM ε={' / '.join(f'{e:g}' for e in fgsm_eps)} % (means)", f"PGD-50 L∞ ε={eps_text(ev.headline_eps)} %"]
             + [f"L2-PGD ε={e:g} %" for e in l2_pgd]
-            + ["transfer %", "κ max (folded)", "κ max (raw)", "operator κ max", "train s", "eval s"])
+            + ["transfer %", "κ max (folded)", "κ max (raw)", "operator κ max", "train s", "eval s"]
+            + (["PGD monitor, last epoch %", "catastrophic overfitting", "trust"] if objective != "standard" else []))
     rows = []
     groups = ok.groupby(["method", "method_params", "compression_target"], sort=True, dropna=False)
     for (method, params, target), g in groups:
@@ -109,6 +138,10 @@ def table(df, track, objective: str = "standard") -> list[str]:
         row += [_ms(_col(g, "transfer_acc")), _ms(g["cond_max"], 1.0, ".3g"), _ms(_col(g, "cond_max_raw"), 1.0, ".3g"),
                 _ms(_col(g, "operator_cond_max"), 1.0, ".3g"),
                 _ms(g["train_seconds"], 1.0, ".0f"), _ms(g["eval_seconds"], 1.0, ".0f")]
+        if objective != "standard":
+            co = _present(list(_col(g, "catastrophic_overfitting")))
+            row += [_ms([_last(c) for c in _col(g, "train_pgd_curve")]),
+                    f"{sum(bool(x) for x in co)} of {len(co)}" if co else "–", _trust(_col(g, "trust"))]
         rows.append(row)
     return markdown_table(pd.DataFrame(rows, columns=head)).splitlines() if rows else []
 

@@ -128,6 +128,23 @@ def test_reproduction_table_keeps_objectives_apart(repo_root):
     assert "AA std ε=0.3 %" in adv[0]
     dense = next(x for x in adv if x.startswith("| dense | 0 |")).split(" | ")
     assert dense[2] == str(at["seed"].nunique()) and dense[4].startswith(f"{at['robust_acc'].mean() * 100:.1f}")
+    # what reading an adversarially trained row needs, from the rows: the PGD monitor's last value, the
+    # catastrophic-overfitting count and the trust verdicts; none of it in the clean-trained table
+    assert "trust" not in clean[0] and "PGD monitor" not in clean[0]
+    cell = dict(zip([c.strip() for c in adv[0].strip("|").split("|")], [c.strip() for c in "|".join(dense).strip("|").split("|")]))
+    assert cell["PGD monitor, last epoch %"].startswith(f"{sum(c[-1] for c in at['train_pgd_curve']) / len(at) * 100:.1f}")
+    assert cell["catastrophic overfitting"] == f"{int(at['catastrophic_overfitting'].sum())} of {len(at)}"
+    n_suspect = int(at["trust"].str.startswith("suspect").sum())
+    assert cell["trust"].count("suspect") == min(n_suspect, 1) and (n_suspect < 2 or f"×{n_suspect}" in cell["trust"])
+
+
+def test_reproduction_table_shortens_and_counts_trust_verdicts(repo_root):
+    mod = _reproduction_table(repo_root)
+    sq = "suspect: Square (black-box) broke points the white-box attacks did not (Linf eps=0.3 standard)"
+    two = "suspect: Transfer from the dense parent broke 9 points; Square (black-box) broke points"
+    assert mod._trust(["ok"]) == "ok" and mod._trust([sq]) == "suspect: Square"
+    assert mod._trust([sq, sq, "ok"]) == "ok ×1, suspect: Square ×2"
+    assert mod._trust([two, None, ""]) == "suspect: Transfer, Square" and mod._trust([]) == "–"
 
 
 def test_reproduction_table_has_the_papers_columns_on_the_committed_cifar_rows(repo_root):
