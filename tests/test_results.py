@@ -126,12 +126,13 @@ def test_reproduction_table_keeps_objectives_apart(repo_root):
     assert "AA std ε=0.1 %" in clean[0] and next(x for x in clean if x.startswith("| dense | 0 |")).split(" | ")[2] == "3"
     adv = mod.table(df, track, "pgd_at")
     assert "AA std ε=0.3 %" in adv[0]
-    dense = next(x for x in adv if x.startswith("| dense | 0 |")).split(" | ")
+    line = next(x for x in adv if x.startswith("| dense | 0 |"))
+    dense = line.split(" | ")
     assert dense[2] == str(at["seed"].nunique()) and dense[4].startswith(f"{at['robust_acc'].mean() * 100:.1f}")
     # what reading an adversarially trained row needs, from the rows: the PGD monitor's last value, the
     # catastrophic-overfitting count and the trust verdicts; none of it in the clean-trained table
     assert "trust" not in clean[0] and "PGD monitor" not in clean[0]
-    cell = dict(zip([c.strip() for c in adv[0].strip("|").split("|")], [c.strip() for c in "|".join(dense).strip("|").split("|")]))
+    cell = dict(zip(*([c.strip() for c in x.strip("|").split("|")] for x in (adv[0], line))))
     assert cell["PGD monitor, last epoch %"].startswith(f"{sum(c[-1] for c in at['train_pgd_curve']) / len(at) * 100:.1f}")
     assert cell["catastrophic overfitting"] == f"{int(at['catastrophic_overfitting'].sum())} of {len(at)}"
     n_suspect = int(at["trust"].str.startswith("suspect").sum())
