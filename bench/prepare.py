@@ -93,8 +93,12 @@ def prepare(cfg: RunConfig) -> Prepared:
 
 def eval_protocol_for(track: Track, adv_eps: float | None) -> EvalProtocol:
     """The track's protocol; for an adversarially trained model (``adv_eps``: its training ε) the
-    headline AutoAttack ε becomes the training ε, the rest of the Linf curve around it kept."""
+    headline AutoAttack ε becomes the training ε, which also joins the AutoAttack and the PGD-50 Linf
+    curves (the rest of each curve kept around it), so the row has PGD beside AutoAttack at the ε
+    it was trained for."""
     if adv_eps is None:
         return track.eval
-    return dataclasses.replace(track.eval, headline_eps=float(adv_eps),
-                      linf_eps=tuple(sorted(set(track.eval.linf_eps) | {float(adv_eps)})))
+    eps = float(adv_eps)
+    return dataclasses.replace(track.eval, headline_eps=eps,
+                               linf_eps=tuple(sorted(set(track.eval.linf_eps) | {eps})),
+                               pgd_linf_eps=tuple(sorted(set(track.eval.pgd_linf_eps) | {eps})))

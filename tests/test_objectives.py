@@ -47,6 +47,8 @@ def test_every_paper_track_says_its_adversarial_eps_and_keeps_its_ids(track, rep
     assert make_objective("fgsm_rs", {}, adv_eps=t.adv_eps).params.eps == pytest.approx(want)
     protocol = eval_protocol_for(t, t.adv_eps)
     assert protocol.headline_eps == pytest.approx(want) and want in protocol.linf_eps
+    assert want in protocol.pgd_linf_eps  # PGD-50 beside AutoAttack at the training ε
+    assert set(t.eval.pgd_linf_eps) <= set(protocol.pgd_linf_eps) and set(t.eval.linf_eps) <= set(protocol.linf_eps)
     cfg = RunConfig(method="dense", track=track, seed=0)
     resolved = prepare(cfg).resolved()
     no_adv = copy.deepcopy(resolved)
