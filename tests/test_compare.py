@@ -201,6 +201,52 @@ def test_bench_compare_on_rows_with_outcomes_runs_mcnemar_per_seed(tiny_runs, ca
     assert not math.isnan(clean.low)
 
 
+def _paired_table(repo_root):
+    """benchmarks/paired_table.py as a module (benchmarks/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("paired_table", repo_root / "benchmarks" / "paired_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_paired_table_lines_are_bench_compare_results(tiny_runs, repo_root):
+    """benchmarks/paired_table.py (REPRODUCTION.md's paired readings): each line carries the numbers of
+    `bench compare` for its pair; a pair without rows becomes a line saying why; a malformed pair or an
+    unknown method is refused before any comparison runs."""
+    pt = _paired_table(repo_root)
+    df = read_results(tiny_runs)
+    out = pt.table(df, ["dense:vanilla_lowrank@0.5", "vanilla_lowrank@0.3:dense"]).splitlines()
+    assert out[0].startswith("| A | B | seeds |") and len(out) == 4
+    cmp = compare(df, "dense", "vanilla_lowrank@0.5")
+    robust, clean = cmp.metrics
+    cells = [c.strip() for c in out[2].strip("|").split("|")]
+    assert cells[:3] == ["dense@0", "vanilla_lowrank@0.5", "0, 1"]
+
+    def pts(v):
+        return f"{100 * v:+.1f}".replace("-", "−")
+
+    assert cells[3] == f"{pts(robust.diff)} [{pts(robust.low)}, {pts(robust.high)}]"
+    for line in robust.seeds:
+        p = f"{line.p:.3g}" if line.p >= 0.001 else f"{line.p:.1e}"
+        assert f"s{line.seed}: {p} ({line.only_a} / {line.only_b})" in cells[4]
+    assert cells[5] == f"{pts(clean.diff)} [{pts(clean.low)}, {pts(clean.high)}]"
+    assert "not compared: no track has rows of both vanilla_lowrank@0.3" in out[3]
+    for bad, why in (("dense", "a pair is A:B"), ("dense:nosuchmethod@0.5", "nosuchmethod"),
+                     ("dense:vanilla_lowrank@half", "must be a number")):
+        with pytest.raises(ValueError, match=why):
+            pt.table(df, ["dense:vanilla_lowrank@0.5", bad])
+
+
+def test_paired_table_says_when_it_falls_back_to_the_seed_level_test(repo_root):
+    pt = _paired_table(repo_root)
+    out = pt.table(read_results(repo_root / "results"), ["robust_lowrank@0.5:vanilla_lowrank@0.5"],
+                   track="mnist-lenet5-e10").splitlines()[2]
+    assert "| 0, 1, 2 |" in out and "seed-level sign-flip p = 0.25" in out and "(whole test split)" in out
+    assert "McNemar" not in out
+
+
 @pytest.mark.slow
 def test_leaderboard_compares_two_configurations_picked_in_the_table(tiny_runs, monkeypatch):
     from streamlit.testing.v1 import AppTest
