@@ -202,13 +202,9 @@ def test_bench_compare_on_rows_with_outcomes_runs_mcnemar_per_seed(tiny_runs, ca
 
 
 def _paired_table(repo_root):
-    """benchmarks/paired_table.py as a module (benchmarks/ is not a package)."""
-    import importlib.util
+    from script_module import load_script  # tests/ is on sys.path
 
-    spec = importlib.util.spec_from_file_location("paired_table", repo_root / "benchmarks" / "paired_table.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(repo_root / "benchmarks" / "paired_table.py")
 
 
 def test_paired_table_lines_are_bench_compare_results(tiny_runs, repo_root):

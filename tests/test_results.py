@@ -77,13 +77,9 @@ def test_value_that_breaks_a_declared_type_is_a_clear_error(tmp_path):
 
 
 def _reproduction_table(repo_root):
-    """benchmarks/reproduction_table.py as a module (benchmarks/ is not a package)."""
-    import importlib.util
+    from script_module import load_script  # tests/ is on sys.path
 
-    spec = importlib.util.spec_from_file_location("reproduction_table", repo_root / "benchmarks" / "reproduction_table.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(repo_root / "benchmarks" / "reproduction_table.py")
 
 
 def _committed(repo_root, track_name):
