@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch
 from bench import columns
 from bench.columns import Column, EvalInputs, MetricFamily
 from bench.registry import METRIC_FAMILIES
+from script_module import load_script  # tests/ is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,9 +79,7 @@ def margin_family():
     """The README's worked example (examples/metric_margin.py), registered as dropping it into
     bench/metrics/families/ would, and unregistered afterwards."""
     columns.families()  # load the built-ins first
-    spec = importlib.util.spec_from_file_location("metric_margin_example", ROOT / "examples" / "metric_margin.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script(ROOT / "examples" / "metric_margin.py", "metric_margin_example")
     try:
         yield mod.FAMILY
     finally:

@@ -22,13 +22,10 @@ def test_every_committed_row_keeps_its_config_id(repo_root):
 
 def test_the_migration_fills_an_old_rows_ids_and_keeps_everything_else(repo_root, tmp_path):
     """scripts/migrate_results.py on a committed row as older code wrote it (no config_id, no objective)."""
-    import importlib.util
-
     import pyarrow.parquet as pq
+    from script_module import load_script  # tests/ is on sys.path
 
-    spec = importlib.util.spec_from_file_location("migrate_results", repo_root / "scripts" / "migrate_results.py")
-    migrate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(migrate)
+    migrate = load_script(repo_root / "scripts" / "migrate_results.py")
     assert migrate.main([str(repo_root / "results"), "--check"]) == 0  # the committed rows are current
     src = repo_root / "results" / "digits-cnn__dense__2e096bd318bc.parquet"
     current = pq.read_table(src)

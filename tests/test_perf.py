@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import pytest
 
 from bench.cli import main
 from bench.results import PROVENANCE_COLUMNS, read_results, write_row
+from script_module import load_script  # tests/ is on sys.path
 
 REPO = Path(__file__).resolve().parent.parent
 GPU_CHECK = REPO / "benchmarks" / "gpu_check"
@@ -98,10 +98,7 @@ def test_perf_synthetic_fallback_and_errors(tmp_path, capsys, one_thread):
 
 
 def _load_prepare():
-    spec = importlib.util.spec_from_file_location("gpu_check_prepare", GPU_CHECK / "prepare.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(GPU_CHECK / "prepare.py", "gpu_check_prepare")
 
 
 def test_prepare_slims_a_wheel(tmp_path):
