@@ -65,7 +65,12 @@ def _add_sweep_flags(p) -> None:
                     help="comma-separated training objectives, each optionally with parameters: "
                          "'standard,pgd_at[eps=0.3,steps=10]' (default standard)")
     p.add_argument("--rerun", action="store_true", help="run configurations that already have an ok row too")
-    p.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
+    p.add_argument("--dry-run", action="store_true",
+                    help="print what would run and what each is expected to take (from earlier rows), run nothing")
+    p.add_argument("--deadline", default=None, metavar="WHEN",
+                    help="start a configuration only if its expected duration (median of earlier rows of it, else "
+                         "of its method on the track) ends before WHEN: +90m, +2h, HH:MM or 2026-12-06T00:30; "
+                         "the rest is left for the next sweep (local executor)")
     p.add_argument("--retry-failed", action="store_true",
                     help="rerun configurations whose earlier runs all failed (skipped by default)")
     p.add_argument("--executor", choices=("local", "ray"), default="local",

@@ -64,6 +64,13 @@ def cmd_sweep(args) -> int:
 
     if not args.methods:
         raise ValueError("bench sweep: no methods: give --methods or `methods = [...]` in the --file")
+    deadline = None
+    if getattr(args, "deadline", None):
+        from bench.sweep import parse_deadline
+
+        if args.executor == "ray":
+            raise ValueError("bench sweep: --deadline is for the local executor (Ray schedules the runs itself)")
+        deadline = parse_deadline(args.deadline)
     methods = [(m, {}) for m in METHODS.names()] if args.methods == "all" else parse_methods(args.methods)
     tracks = [t.strip() for t in args.tracks.split(",") if t.strip()] if args.tracks else [args.track]
     cfgs = grid(_run_config(args, method=methods[0][0], track=tracks[0], progress=sys.stderr.isatty()), tracks,
@@ -82,13 +89,25 @@ def cmd_sweep(args) -> int:
     print(f"{head}, {len(pl.todo)} to run", flush=True)
     for reason in pl.declined:
         print(f"  left out: {reason}", flush=True)
+    durations = None
+    if args.dry_run or deadline is not None:
+        from bench.sweep import Durations
+
+        durations = Durations(args.results_dir)
     if args.dry_run:
+        total, known = 0.0, 0
         for q in pl.todo:
+            secs, basis = durations.expected(q)
+            est = f"~{secs / 60:.0f} min ({basis})" if secs is not None else basis
+            total, known = total + (secs or 0.0), known + (secs is not None)
             print(f"  {q.config_id}  {q.cfg.track} {q.cfg.method}{params_text(q.cfg)} "
-                  f"compression={q.compression:g} seed={q.cfg.seed}")
+                  f"compression={q.compression:g} seed={q.cfg.seed}  {est}")
+        if pl.todo:
+            print(f"expected: {total / 3600:.1f} h of runs for the {known} of {len(pl.todo)} with an estimate "
+                  "(wall time of earlier rows, one run at a time)")
         return 0
     check_writable(args.results_dir)
-    counts, slots, t_start = {"ok": 0, "failed": 0, "skipped": 0}, {"n": 1}, time.time()
+    counts, slots, t_start = {"ok": 0, "failed": 0, "skipped": 0, "later": 0}, {"n": 1}, time.time()
 
     # the compression a run trains at: the track's when the grid leaves it out, 0 for dense methods
     # (keyed without num_threads, which the Ray executor sets on its copy of the config)
@@ -126,10 +145,28 @@ def cmd_sweep(args) -> int:
         print(f"  executor: Ray ({where}), {args.cpus_per_run:g} CPU and "
               f"{args.gpus_per_run:g} GPU per run, {slots['n']} at a time", flush=True)
 
+    def should_start(i, q) -> bool:
+        """Start ``q`` only if its expected duration ends before the deadline (rows landed since count)."""
+        durations.refresh()
+        secs, basis = durations.expected(q)
+        now = time.time()
+        if now < deadline and (secs is None or now + secs <= deadline):
+            return True
+        counts["later"] += 1
+        why = ("the deadline has passed" if now >= deadline else
+               f"expected {secs / 60:.0f} min ({basis}), to {time.strftime('%H:%M', time.localtime(now + secs))}, "
+               f"after the deadline {time.strftime('%H:%M', time.localtime(deadline))}")
+        print(f"[{i}/{len(pl.todo)}] {what(q.cfg)}: not started: {why}", flush=True)
+        return False
+
     execute(pl.todo, args.results_dir, executor=args.executor, rerun=args.rerun, on_result=report,
             on_begin=lambda i, cfg: print(f"[{i}/{len(pl.todo)}] {what(cfg)}", flush=True),
+            **({"should_start": should_start} if deadline is not None else {}),
             **({"address": args.address, "cpus_per_run": args.cpus_per_run, "gpus_per_run": args.gpus_per_run,
                 "on_start": started} if args.executor == "ray" else {}))
+    if counts["later"]:
+        print(f"deadline: {counts['later']} configuration{'s' * (counts['later'] > 1)} not started; "
+              "rerun the command to continue", flush=True)
     return 1 if counts["failed"] else 0
 
 

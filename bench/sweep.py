@@ -141,15 +141,20 @@ def write_failed_row(cfg: RunConfig, key: str, error: str):
 
 
 def execute(todo, results_dir, *, executor: str = "local", rerun: bool = False, on_begin=None, on_result=None,
-            **ray_options) -> list[dict]:
+            should_start=None, **ray_options) -> list[dict]:
     """Run a plan's ``todo`` (:class:`bench.plan.Planned`) here, one after another (``on_begin(i, cfg)``
     before each), or on Ray (``ray_options``: :func:`run_on_ray`'s); ``on_result(cfg, summary)`` as
-    each ends. Returns the summaries."""
+    each ends. ``should_start(i, planned)`` (local only; a deadline): a configuration it declines is
+    left for a later sweep. Returns the summaries of what ran."""
     pairs = [(q.cfg, q.config_id) for q in todo]
     if executor == "ray":
+        if should_start is not None:
+            raise ValueError("a deadline (should_start) is for the local executor; Ray schedules the runs itself")
         return run_on_ray(pairs, results_dir, rerun=rerun, on_result=on_result, **ray_options) if pairs else []
     out = []
-    for i, (cfg, key) in enumerate(pairs, 1):
+    for i, (q, (cfg, key)) in enumerate(zip(todo, pairs), 1):
+        if should_start is not None and not should_start(i, q):
+            continue
         if on_begin is not None:
             on_begin(i, cfg)
         out.append(run_one(cfg, key, results_dir, rerun, stop_on_interrupt=True))
@@ -222,3 +227,99 @@ def run_on_ray(todo: list[tuple[RunConfig, str]], results_dir, *, address: str |
     finally:
         if started:
             ray.shutdown()
+
+
+# --------------------------------------------------------------------------------------------
+# a deadline: start a configuration only when its expected duration fits before it
+# --------------------------------------------------------------------------------------------
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_deadline(text: str, now: float | None = None) -> float:
+    """``--deadline`` as a POSIX time: ``+90m``, ``+2h``, ``+1h30m``, ``+45s`` (from now); ``HH:MM``
+    (the next such local time, today or tomorrow); or a local ISO date-time ``2026-12-06T00:30``
+    (an offset such as ``+01:00`` is honoured). Anything else, or a date-time already past, is a
+    ValueError naming the forms."""
+    import datetime as dt
+    import re
+    import time
+
+    now = time.time() if now is None else now
+    forms = "+90m, +2h, +1h30m, HH:MM or 2026-12-06T00:30"
+    s = str(text).strip()
+    if s.startswith("+"):
+        parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", s[1:])
+        if not parts or "".join(n + u for n, u in parts) != s[1:]:
+            raise ValueError(f"--deadline: expected {forms}, got {text!r}")
+        return now + sum(float(n) * _UNITS[u] for n, u in parts)
+    m = re.fullmatch(r"(\d{1,2}):(\d{2})", s)
+    if m:
+        h, mi = int(m.group(1)), int(m.group(2))
+        if h > 23 or mi > 59:
+            raise ValueError(f"--deadline: {text!r} is not a time of day")
+        base = dt.datetime.fromtimestamp(now)
+        at = base.replace(hour=h, minute=mi, second=0, microsecond=0)
+        if at.timestamp() <= now:
+            at += dt.timedelta(days=1)
+        return at.timestamp()
+    try:
+        at = dt.datetime.fromisoformat(s)
+    except ValueError:
+        raise ValueError(f"--deadline: expected {forms}, got {text!r}") from None
+    when = at.timestamp()  # naive: local time
+    if when <= now:
+        raise ValueError(f"--deadline {text!r} has passed (now {dt.datetime.fromtimestamp(now):%Y-%m-%d %H:%M})")
+    return when
+
+
+def _seedless(key: tuple) -> tuple:
+    """A :func:`bench.identity.config_key` without its seed: the configuration every seed of it shares."""
+    return key[:4] + key[5:]
+
+
+class Durations:
+    """What a configuration is expected to take (training and evaluation, wall seconds), from the ok rows
+    of ``results_dir``: the median over the rows of the same configuration at other seeds; else over
+    the rows of the same track, method and objective; else unknown. The rows were timed under whatever
+    load their machine had, so this is an estimate, and it says what it rests on."""
+
+    def __init__(self, results_dir):
+        self.results_dir = results_dir
+        self.refresh()
+
+    def refresh(self) -> None:
+        from bench import identity
+        from bench.results import read_results
+
+        df = read_results(self.results_dir)
+        self._same, self._method = {}, {}
+        if df.empty or "train_seconds" not in df:
+            return
+        for r in df[df["status"] == "ok"].to_dict("records"):
+            t, e = r.get("train_seconds"), r.get("eval_seconds")
+            if t is None or t != t:  # a row without timing (NaN)
+                continue
+            secs = float(t) + (float(e) if e is not None and e == e else 0.0)
+            try:
+                key = _seedless(identity.config_key(json.loads(r["config_json"])))
+            except Exception:  # noqa: BLE001 - a row whose configuration cannot be keyed only loses the exact match
+                key = None
+            if key is not None:
+                self._same.setdefault(key, []).append(secs)
+            self._method.setdefault((r.get("track"), r.get("method"), r.get("objective") or "standard"), []).append(secs)
+
+    def expected(self, q) -> tuple[float | None, str]:
+        """(seconds or None, what the estimate rests on) for a :class:`bench.plan.Planned`."""
+        import statistics
+
+        from bench import identity
+        from bench.prepare import prepare
+
+        key = _seedless(identity.config_key(prepare(q.cfg).resolved()))
+        if self._same.get(key):
+            xs = self._same[key]
+            return statistics.median(xs), f"median of {len(xs)} row{'s' * (len(xs) > 1)} of this configuration"
+        xs = self._method.get((q.cfg.track, q.cfg.method, q.cfg.objective or "standard"))
+        if xs:
+            return statistics.median(xs), f"median of {len(xs)} {q.cfg.method} row{'s' * (len(xs) > 1)} on {q.cfg.track}"
+        return None, "no row to estimate it from"

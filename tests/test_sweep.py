@@ -5,6 +5,7 @@ import json
 import pytest
 
 from bench.config import RunConfig
+from bench.results import read_results
 from bench.sweep import config_key, expand, parse_methods
 
 
@@ -99,3 +100,81 @@ def test_a_failure_of_the_machinery_is_rerun_and_a_configurations_own_failure_is
     from bench.results import read_results
 
     assert all(config_id(json.loads(c)) == i for c, i in zip(*read_results(tmp_path)[["config_json", "config_id"]].T.values))
+
+
+# ---- --deadline: a configuration starts only when its expected duration fits ----------------------
+def test_deadline_forms_and_errors():
+    import datetime as dt
+
+    from bench.sweep import parse_deadline
+
+    now = dt.datetime(2026, 12, 5, 22, 30).timestamp()
+    assert parse_deadline("+90m", now) == now + 5400
+    assert parse_deadline("+1h30m", now) == now + 5400 and parse_deadline("+45s", now) == now + 45
+    assert parse_deadline("23:15", now) == dt.datetime(2026, 12, 5, 23, 15).timestamp()
+    assert parse_deadline("00:10", now) == dt.datetime(2026, 12, 6, 0, 10).timestamp()  # the next one: tomorrow
+    assert parse_deadline("2026-12-06T00:30", now) == dt.datetime(2026, 12, 6, 0, 30).timestamp()
+    for bad in ("90m", "+90x", "+", "+1h 30m", "25:00", "tomorrow"):
+        with pytest.raises(ValueError, match="--deadline"):
+            parse_deadline(bad, now)
+    with pytest.raises(ValueError, match="has passed"):
+        parse_deadline("2026-12-05T22:00", now)
+
+
+def test_expected_durations_come_from_the_committed_rows(repo_root):
+    """The committed CIFAR-10 rows: seed 2 of a configuration is expected to take the median of its
+    other seeds' training + evaluation seconds; an unseen compression falls back to the method's rows on
+    the track; a track without rows has no estimate."""
+    import statistics
+
+    from bench.plan import plan
+    from bench.sweep import Durations
+
+    res = repo_root / "results"
+    df = read_results(res)
+    ok = df[(df["track"] == "cifar10-vgg16q-e25") & (df["method"] == "dense") & (df["status"] == "ok")
+            & (df["objective"] == "standard")]
+    if ok["seed"].nunique() < 2:
+        pytest.skip("fewer than two committed dense seeds on cifar10-vgg16q-e25")
+    durations = Durations(res)
+
+    def planned(**kw):
+        cfg = RunConfig(**{"track": "cifar10-vgg16q-e25", "method": "dense", "seed": 7, "results_dir": str(res), **kw})
+        return plan([cfg], res).configs[0]
+
+    secs, basis = durations.expected(planned())
+    assert secs == pytest.approx(statistics.median(ok["train_seconds"] + ok["eval_seconds"]))
+    assert basis == f"median of {len(ok)} rows of this configuration"
+    lr = df[(df["track"] == "cifar10-vgg16q-e25") & (df["method"] == "robust_lowrank") & (df["status"] == "ok")
+            & (df["objective"] == "standard")]
+    secs, basis = durations.expected(planned(method="robust_lowrank", compression=0.3))
+    assert secs == pytest.approx(statistics.median(lr["train_seconds"] + lr["eval_seconds"]))
+    assert basis == f"median of {len(lr)} robust_lowrank rows on cifar10-vgg16q-e25"
+    assert durations.expected(planned(track="cifar10-wrn16-4")) == (None, "no row to estimate it from")
+
+
+def test_a_sweep_with_a_deadline_starts_only_what_fits(tmp_path, run_bench, shared_data_dir):
+    """Seed 0 runs (no row to estimate it from); then seed 1, expected to take what seed 0 took, does
+    not fit a one-second deadline and is left for the next sweep, which runs it."""
+    res = tmp_path / "res"
+    grid = ("sweep", "--methods", "dense", "--epochs", "0.05", "--no-attacks", "--threads", "1",
+            "--data-dir", str(shared_data_dir), "--results-dir", str(res))
+    first = run_bench(*grid, "--seeds", "0", "--deadline", "+1h")
+    assert first.returncode == 0, first.stderr
+    dry = run_bench(*grid, "--seeds", "0,1", "--dry-run")
+    assert "seed=1  ~0 min (median of 1 row of this configuration)" in dry.stdout
+    assert "expected: 0.0 h of runs for the 1 of 1 with an estimate" in dry.stdout
+    late = run_bench(*grid, "--seeds", "0,1", "--deadline", "+1s")
+    assert late.returncode == 0, late.stderr
+    assert "[1/1] dense compression=0 seed=1: not started: " in late.stdout
+    assert "deadline: 1 configuration not started; rerun the command to continue" in late.stdout
+    assert sorted(read_results(res)["seed"]) == [0]
+    again = run_bench(*grid, "--seeds", "0,1", "--deadline", "+2h")
+    assert again.returncode == 0 and sorted(read_results(res)["seed"]) == [0, 1]
+
+
+@pytest.mark.parametrize("extra, message", [(("--deadline", "soon"), "--deadline: expected"),
+                                            (("--deadline", "+1h", "--executor", "ray"), "local executor")])
+def test_a_bad_deadline_is_a_clear_error_before_any_run(tmp_path, run_bench, extra, message):
+    r = run_bench("sweep", "--methods", "dense", "--results-dir", str(tmp_path / "res"), *extra)
+    assert r.returncode == 2 and message in r.stderr and not (tmp_path / "res").exists()
