@@ -81,14 +81,78 @@ def dense_parent(results_dir, row: dict) -> dict | str:
     return f"no {where} with a usable stored model in {results_dir} ({'; '.join(why)})"
 
 
-def transfer_source(results_dir, row: dict, data, track: Track, device):
+#: how long the transfer attack waits for a dense parent that another process is training right now
+TRANSFER_WAIT_SECONDS = 1800.0
+
+
+def parent_config_id(row: dict) -> str | None:
+    """The ``config_id`` of the row's dense parent: the row's own configuration with method ``dense``
+    (same track, seed, objective, budget); None when the row's configuration cannot be read."""
+    from bench.config import RunConfig
+    from bench.prepare import prepare
+
+    try:
+        run = dict(json.loads(row["config_json"])["run"])
+        run.update(method="dense", method_params={})
+        return prepare(RunConfig(**run)).config_id()
+    except Exception:  # noqa: BLE001 - an unreadable configuration only means nothing to wait for
+        return None
+
+
+def _running_elsewhere(results_dir, config_id: str) -> Claim | None:
+    """The live claim of another process on ``config_id`` in ``results_dir``, else None."""
+    import os
+    import platform
+
+    claim = Claim(results_dir, config_id)
+    owner = claim.owner()
+    if owner is None or owner == {"host": platform.node(), "pid": os.getpid()} or claim._stale():
+        return None
+    return claim
+
+
+def wait_for_parent(results_dir, row: dict, reason: str, *, wait_s: float = TRANSFER_WAIT_SECONDS,
+                    poll_s: float = 30.0, log=None):
+    """When the row has no dense parent yet (``reason``) because another process is training it right now
+    (its configuration is claimed: two sweeps side by side, a Ray cluster), wait for its row, up to
+    ``wait_s``. Returns the parent row, or the reason there is none, saying how long it waited."""
+    import sys
+    import time
+
+    cid = parent_config_id(row)
+    claim = _running_elsewhere(results_dir, cid) if cid else None
+    if claim is None:
+        return reason
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    log(f"transfer: the dense parent ({cid}) is being trained by {claim.holder()}; waiting for its row "
+        f"(at most {wait_s / 60:.0f} min)")
+    t0 = time.monotonic()
+    while True:
+        time.sleep(max(0.0, min(poll_s, wait_s - (time.monotonic() - t0))))
+        got = dense_parent(results_dir, row)
+        running = _running_elsewhere(results_dir, cid) is not None
+        if not isinstance(got, str) or not running or time.monotonic() - t0 >= wait_s:
+            break
+    waited = time.monotonic() - t0
+    if not isinstance(got, str):
+        log(f"transfer: the dense parent's row landed after {waited:.0f} s")
+        return got
+    return (f"{got}; waited {waited:.0f} s for its configuration {cid}, "
+            f"{'still running' if running else 'which ended without an ok row'}")
+
+
+def transfer_source(results_dir, row: dict, data, track: Track, device, *, wait_s: float = TRANSFER_WAIT_SECONDS,
+                    poll_s: float = 30.0):
     """``EvalContext.transfer_source`` for a row of ``results_dir``: a callable giving the
     :class:`bench.evaluate.TransferParent` of its dense parent (:func:`dense_parent`), or why there is none.
+    A parent that another process is training right now is waited for (:func:`wait_for_parent`).
     Examples are cached in ``<results_dir>/.state/transfer``."""
     def source():
         from bench.evaluate import TransferParent
 
         parent = dense_parent(results_dir, row)
+        if isinstance(parent, str):
+            parent = wait_for_parent(results_dir, row, parent, wait_s=wait_s, poll_s=poll_s)
         if isinstance(parent, str):
             return parent
 

@@ -182,3 +182,67 @@ def test_rows_from_before_show_not_evaluated_on_the_leaderboard(real_runs, tmp_p
                      for m, s in zip(runs["method"], runs["seed"])]
     badges = lbd.display_table(lbd.leaderboard(runs)).set_index("method")["trust"]
     assert badges["dense"] == "⚠ suspect (1 of 2 seeds)" and badges["vanilla_lowrank"] == "ok"
+
+
+def test_the_transfer_attack_waits_for_a_dense_parent_another_process_is_training(real_runs, tmp_path):
+    """Two sweeps side by side: the compressed row reaches its transfer attack while the other process
+    still trains its dense parent (its configuration is claimed). It waits for the parent's row, and
+    only while that process lives."""
+    import json
+    import os
+    import platform
+    import shutil
+    import subprocess
+    import threading
+    import time
+
+    import pandas as pd
+
+    from bench.claims import Claim
+    from bench.reevaluate import dense_parent, parent_config_id, wait_for_parent
+    from bench.results import read_results
+
+    d = tmp_path / "results"
+    d.mkdir()
+    rows = read_results(real_runs)
+    lowrank = rows[rows["method"] == "vanilla_lowrank"].iloc[0].to_dict()
+    dense = rows[(rows["method"] == "dense") & (rows["seed"] == lowrank["seed"])].iloc[0].to_dict()
+    assert parent_config_id(lowrank) == dense["config_id"]
+    reason = dense_parent(d, lowrank)
+    assert isinstance(reason, str) and reason.startswith("no dense run")
+    assert wait_for_parent(d, lowrank, reason, wait_s=30, poll_s=0.1) == reason  # nobody trains it: no wait
+
+    def hold(seconds: float) -> subprocess.Popen:  # another process holding the parent's claim
+        proc = subprocess.Popen(["sleep", str(seconds)])
+        claim = Claim(d, dense["config_id"])
+        claim.path.parent.mkdir(parents=True, exist_ok=True)
+        claim.path.write_text(json.dumps({"host": platform.node(), "pid": proc.pid}))
+        threading.Thread(target=proc.wait, daemon=True).start()  # reaped when it ends, as its own parent would
+        return proc
+
+    # the parent's training ends without a row: the wait ends with the process, and says so
+    proc = hold(1.0)
+    t0 = time.monotonic()
+    got = wait_for_parent(d, lowrank, reason, wait_s=30, poll_s=0.1, log=lambda m: None)
+    assert isinstance(got, str) and "which ended without an ok row" in got and dense["config_id"] in got
+    assert time.monotonic() - t0 < 20
+
+    # the parent's row and model land while the compressed row waits: it gets the parent
+    proc = hold(60.0)
+
+    def land():
+        time.sleep(1.0)
+        shutil.copytree(real_runs / ".models", d / ".models", dirs_exist_ok=True)
+        pd.DataFrame([dense]).to_parquet(tmp_path / "dense-parent.parquet", index=False)
+        os.replace(tmp_path / "dense-parent.parquet", d / "dense-parent.parquet")  # whole, as write_row writes
+
+    thread = threading.Thread(target=land)
+    thread.start()
+    try:
+        logged = []
+        got = wait_for_parent(d, lowrank, reason, wait_s=30, poll_s=0.1, log=logged.append)
+    finally:
+        thread.join()
+        proc.kill()
+    assert not isinstance(got, str) and got["run_id"] == dense["run_id"]
+    assert "is being trained by host" in logged[0] and "landed after" in logged[-1]
