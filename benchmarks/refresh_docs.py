@@ -1,6 +1,7 @@
 """Regenerate the tables of REPRODUCTION.md (or any Markdown file) from the committed rows.
 
-A generated block names the command that writes it, and nothing else writes it:
+A generated block names the command that writes it, and nothing else writes it (each marker on a
+line of its own; one quoted inside a line of prose is prose):
 
     <!-- generated: python benchmarks/reproduction_table.py --track cifar10-vgg16q-e25 -->
     | method | c | seeds | ...
@@ -32,8 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-OPEN = re.compile(r"<!-- generated: (.*?)-->\n", re.S)
+#: a marker is a line of its own (a backslash-newline continues the command), so prose may quote one
+OPEN = re.compile(r"^<!-- generated: ((?:[^\n]|\\\n)*?)-->[ \t]*\n", re.M)
 CLOSE = "<!-- /generated -->"
+CLOSE_LINE = re.compile(r"^<!-- /generated -->[ \t]*$", re.M)
 
 
 class DocError(ValueError):
@@ -71,20 +74,18 @@ def blocks(doc: str, name: str = "document") -> list[Block]:
     out, pos = [], 0
     while True:
         m = OPEN.search(doc, pos)
-        stray = doc.find(CLOSE, pos)
+        stray = CLOSE_LINE.search(doc, pos)
+        if stray is not None and (m is None or stray.start() < m.start()):
+            raise DocError(f"{name}:{doc.count(chr(10), 0, stray.start()) + 1}: {CLOSE} without an opening marker")
         if m is None:
-            if stray != -1:
-                raise DocError(f"{name}:{doc.count(chr(10), 0, stray) + 1}: {CLOSE} without an opening marker")
             return out
         line = doc.count("\n", 0, m.start()) + 1
-        if stray != -1 and stray < m.start():
-            raise DocError(f"{name}:{doc.count(chr(10), 0, stray) + 1}: {CLOSE} without an opening marker")
-        end = doc.find(CLOSE, m.end())
+        close = CLOSE_LINE.search(doc, m.end())
         nxt = OPEN.search(doc, m.end())
-        if end == -1 or (nxt is not None and nxt.start() < end):
+        if close is None or (nxt is not None and nxt.start() < close.start()):
             raise DocError(f"{name}:{line}: the generated block opened here has no {CLOSE}")
-        out.append(Block(parse_command(m.group(1), f"{name}:{line}"), m.end(), end, line))
-        pos = end + len(CLOSE)
+        out.append(Block(parse_command(m.group(1), f"{name}:{line}"), m.end(), close.start(), line))
+        pos = close.end()
 
 
 def run(block: Block, name: str = "document") -> str:

@@ -85,3 +85,10 @@ def test_a_failing_command_leaves_the_document_as_it_was(rd, tmp_path, capsys):
     assert "no rows for track cifar10-vgg16" in err
     assert doc.read_text() == text
     assert not [p for p in tmp_path.iterdir() if p.name != "doc.md"]  # no temporary file left behind
+
+
+def test_a_marker_quoted_in_prose_is_prose(rd):
+    doc = (f"Tables sit in (`<!-- generated: python benchmarks/... -->`) and `<!-- /generated -->` blocks.\n"
+           f"<!-- generated: {DIGITS} -->\nbody\n<!-- /generated -->\nmore prose -->\n")
+    (b,) = rd.blocks(doc, "doc.md")
+    assert b.line == 2 and doc[b.start:b.end] == "body\n"
