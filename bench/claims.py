@@ -35,7 +35,7 @@ class Claim:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                if self.owner() == {"host": platform.node(), "pid": os.getpid()}:
+                if self._ours():
                     return True  # ours already (an outer claim): not released by this one
                 if not self._stale():
                     return False
@@ -53,6 +53,14 @@ class Claim:
             return json.loads(self.path.read_text() or "null")
         except (OSError, json.JSONDecodeError):
             return None
+
+    def _ours(self) -> bool:
+        return self.owner() == {"host": platform.node(), "pid": os.getpid()}
+
+    def held_elsewhere(self) -> bool:
+        """Whether another live process holds the claim right now (a claim from another host counts as
+        live, as :meth:`acquire` respects it)."""
+        return self.owner() is not None and not self._ours() and not self._stale()
 
     def holder(self) -> str:
         """``host H, pid P`` of the holder, for messages."""

@@ -101,14 +101,8 @@ def parent_config_id(row: dict) -> str | None:
 
 def _running_elsewhere(results_dir, config_id: str) -> Claim | None:
     """The live claim of another process on ``config_id`` in ``results_dir``, else None."""
-    import os
-    import platform
-
     claim = Claim(results_dir, config_id)
-    owner = claim.owner()
-    if owner is None or owner == {"host": platform.node(), "pid": os.getpid()} or claim._stale():
-        return None
-    return claim
+    return claim if claim.held_elsewhere() else None
 
 
 def wait_for_parent(results_dir, row: dict, reason: str, *, wait_s: float = TRANSFER_WAIT_SECONDS,

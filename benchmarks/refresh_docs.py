@@ -98,9 +98,10 @@ def run(block: Block, name: str = "document") -> str:
     return proc.stdout.rstrip("\n") + "\n"
 
 
-def refresh(doc: str, name: str = "document") -> tuple[str, list[tuple[Block, str, str]]]:
-    """``doc`` with every generated block rewritten, and the blocks that changed as (block, old, new)."""
-    found = blocks(doc, name)
+def refresh(doc: str, name: str = "document", found: list[Block] | None = None) -> tuple[str, list[tuple[Block, str, str]]]:
+    """``doc`` with every generated block rewritten, and the blocks that changed as (block, old, new).
+    ``found``: ``blocks(doc)`` when the caller has them already."""
+    found = blocks(doc, name) if found is None else found
     bodies = [run(b, name) for b in found]  # every command runs before anything is replaced
     parts, pos, changed = [], 0, []
     for b, body in zip(found, bodies):
@@ -131,12 +132,11 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"no such file: {p}")
     try:
         docs = {p: p.read_text(encoding="utf-8") for p in paths}
-        for p, doc in docs.items():  # every marker and command checked before any command runs
-            blocks(doc, p.name)
+        found = {p: blocks(doc, p.name) for p, doc in docs.items()}  # every marker and command checked first
         stale = 0
         for p, doc in docs.items():
-            new, changed = refresh(doc, p.name)
-            n = len(blocks(doc, p.name))
+            new, changed = refresh(doc, p.name, found[p])
+            n = len(found[p])
             for b, old, body in changed:
                 print(f"{p.name}:{b.line}: {'stale' if args.check else 'rewritten'}: {b.text}")
                 if args.check:
