@@ -19,7 +19,7 @@ def test_committed_reproduction_tables_match_the_committed_rows(rd, capsys):
     code = rd.main(["--check"])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "REPRODUCTION.md: 5 generated blocks, 0 stale" in out
+    assert "REPRODUCTION.md: 6 generated blocks, 0 stale" in out
 
 
 def test_a_stale_block_is_rewritten_and_nothing_else_changes(rd, repo_root, tmp_path, capsys):
