@@ -52,7 +52,7 @@ def dense_parent(results_dir, row: dict) -> dict | str:
     where = f"dense run of track {row.get('track')} seed {row.get('seed')} objective {objective(row)[0]}"
     df = read_results(results_dir)
     records = df.to_dict("records") if not df.empty and "method" in df.columns else []
-    cands = [{k: (None if _is_na(v) else v) for k, v in r.items()} for r in records
+    cands = [plain_row(r) for r in records
              if r.get("method") == "dense" and r.get("track") == row.get("track") and r.get("status") == "ok"
              and not _is_na(r.get("seed")) and int(r["seed"]) == int(row.get("seed"))
              and objective(r) == objective(row)]
@@ -67,11 +67,10 @@ def dense_parent(results_dir, row: dict) -> dict | str:
 
     why = []
     for r in sorted(cands, key=rank, reverse=True):
-        if not r.get("model_path"):
+        path = store.model_file(r, results_dir)
+        if path is None:
             why.append(f"{r['run_id']}: no stored model")
             continue
-        path = Path(r["model_path"])
-        path = path if path.is_absolute() else Path(results_dir) / path
         if not path.exists():
             why.append(f"{r['run_id']}: {path} missing")
         elif hashlib.sha256(path.read_bytes()).hexdigest() != r.get("model_sha256"):
@@ -169,6 +168,22 @@ def transfer_source(results_dir, row: dict, data, track: Track, device, *, wait_
     return source
 
 
+def plain_row(row) -> dict:
+    """A result row (a pandas Series or dict) as a dict with its missing values as None."""
+    items = row.to_dict() if hasattr(row, "to_dict") else dict(row)  # a Series' own conversion of its values
+    return {k: (None if _is_na(v) else v) for k, v in items.items()}
+
+
+def find_run(df, run_id: str, results_dir) -> dict:
+    """The one row of ``df`` whose run id starts with ``run_id``, as :func:`plain_row`; a ValueError
+    when none or several do."""
+    hits = df[df["run_id"].astype(str).str.startswith(run_id)] if len(df) else df
+    if len(hits) != 1:
+        raise ValueError(f"run id {run_id!r} matches {len(hits)} rows in {results_dir}"
+                         + (": give more characters" if len(hits) > 1 else ""))
+    return plain_row(hits.iloc[0])
+
+
 def evaluate_stored(run_id: str, results_dir="results", *, n_eval: int | None = None, aa_version: str | None = None,
                     skip_attacks: bool = False, device: str | None = None, data_dir: str | None = None,
                     num_threads: int | None = None, progress: bool = False, transfer_only: bool = False,
@@ -189,12 +204,7 @@ def evaluate_stored(run_id: str, results_dir="results", *, n_eval: int | None = 
     from bench.models import build_model
     from bench.results import read_results
 
-    df = read_results(results_dir)
-    hits = df[df["run_id"].astype(str).str.startswith(run_id)] if len(df) else df
-    if len(hits) != 1:
-        raise ValueError(f"run id {run_id!r} matches {len(hits)} rows in {results_dir}"
-                         + (": give more characters" if len(hits) > 1 else ""))
-    parent = {k: (None if _is_na(v) else v) for k, v in hits.iloc[0].to_dict().items()}
+    parent = find_run(read_results(results_dir), run_id, results_dir)
     if parent["status"] != "ok":
         raise ValueError(f"run {parent['run_id']} failed; there is no trained model to evaluate")
     prior = indices = None

@@ -49,15 +49,23 @@ def publish_model(models: Path, config_id: str, run_id: str) -> None:
         os.replace(pending, Path(models) / f"{run_id}.pt")
 
 
+def model_file(row: dict, results_dir) -> Path | None:
+    """Where result row ``row``'s stored model is (``model_path``, relative to ``results_dir`` unless
+    absolute); None when the row has none. The file itself may be missing."""
+    if not row.get("model_path"):
+        return None
+    path = Path(row["model_path"])
+    return path if path.is_absolute() else Path(results_dir) / path
+
+
 def read_model(row: dict, results_dir) -> dict:
     """The stored state of result row ``row`` (``{"model", "method", ...}``), its sha256 checked."""
     import torch
 
-    if not row.get("model_path"):
+    path = model_file(row, results_dir)
+    if path is None:
         raise ValueError(f"run {row['run_id']} has no stored model (it was written before the model store "
                          f"existed); rerun it with bench run to get one")
-    path = Path(row["model_path"])
-    path = path if path.is_absolute() else Path(results_dir) / path
     if not path.exists():
         raise ValueError(f"run {row['run_id']}: its model {path} is missing")
     if sha256_of(path) != row.get("model_sha256"):

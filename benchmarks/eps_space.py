@@ -32,30 +32,25 @@ HEADER = ("| configuration | seed | FGSM, ε on pixels: {grid} % | FGSM, ε on n
 
 
 def pick_rows(df, run_ids: list[str], track: str | None, seed: int | None, results_dir: Path):
-    """The rows to attack: the given run ids (unique prefixes), or every clean-trained ``ok`` row of
-    ``track`` and ``seed`` whose stored model exists. A ValueError names what is wrong."""
-    import pandas as pd
+    """The rows to attack (dicts, missing values None): the given run ids (unique prefixes), or every
+    clean-trained ``ok`` row of ``track`` and ``seed`` whose stored model exists. A ValueError names
+    what is wrong."""
+    from bench.reevaluate import find_run, plain_row
+    from bench.store import model_file
 
     if run_ids and (track or seed is not None):
         raise ValueError("give run ids, or --track with --seed, not both")
     if run_ids:
-        rows = []
-        for rid in run_ids:
-            hit = df[df["run_id"].astype(str).str.startswith(rid)]
-            if len(hit) != 1:
-                raise ValueError(f"run id {rid!r} matches {len(hit)} rows" + (": give more characters" if len(hit) else ""))
-            rows.append(hit.iloc[0])
-        return pd.DataFrame(rows)
+        return [find_run(df, rid, results_dir) for rid in run_ids]
     if not track or seed is None:
         raise ValueError("give run ids, or --track and --seed")
     sel = df[(df["track"] == track) & (df["seed"] == seed) & (df["status"] == "ok")
              & (df["objective"].fillna("standard") == "standard")]
-    have = [bool(p) and (Path(p) if Path(p).is_absolute() else results_dir / p).is_file()
-            for p in sel["model_path"].fillna("").astype(str)]
-    sel = sel[have]
-    if sel.empty:
+    rows = [plain_row(r) for _, r in sel.sort_values(["method", "compression_target"]).iterrows()]
+    rows = [r for r in rows if (path := model_file(r, results_dir)) is not None and path.is_file()]
+    if not rows:
         raise ValueError(f"no clean-trained row of {track} seed {seed} has its model in the store under {results_dir}")
-    return sel.sort_values(["method", "compression_target"])
+    return rows
 
 
 def _curve_at(curve, eps: float) -> float | None:
@@ -65,8 +60,9 @@ def _curve_at(curve, eps: float) -> float | None:
     return None
 
 
-def attack_row(row, results_dir: Path, data_dir, device: str = "cpu") -> dict:
-    """Attack one row's stored model both ways; returns the numbers as fractions."""
+def attack_row(parent: dict, results_dir: Path, data_dir, device: str = "cpu", data=None) -> dict:
+    """Attack one row's stored model (``parent``: a row of :func:`pick_rows`) both ways; returns the
+    numbers as fractions. ``data``: the track's data set when the caller has loaded it already."""
     import numpy as np
     import torch
 
@@ -75,9 +71,8 @@ def attack_row(row, results_dir: Path, data_dir, device: str = "cpu") -> dict:
     from bench.registry import TRACKS
     from bench.reevaluate import load_stored_model
 
-    parent = {k: (None if v is None or (isinstance(v, float) and np.isnan(v)) else v) for k, v in row.items()}
     track = TRACKS.get(parent["track"])
-    data = load_dataset_for(track, data_dir)
+    data = load_dataset_for(track, data_dir) if data is None else data
     model, _ = load_stored_model(parent, results_dir, data, track, device=device, log=lambda *a, **k: None)
     idx = torch.as_tensor([int(i) for i in parent["attacked_indices"]])
     x, y = data.x_test[idx], data.y_test[idx]
@@ -132,9 +127,14 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    lines = []
-    for _, r in rows.iterrows():
-        res = attack_row(r.to_dict(), results_dir, args.data_dir)
+    from bench.build import load_dataset_for
+    from bench.registry import TRACKS
+
+    lines, datasets = [], {}  # each track's data set loaded once
+    for r in rows:
+        if r["track"] not in datasets:
+            datasets[r["track"]] = load_dataset_for(TRACKS.get(r["track"]), args.data_dir)
+        res = attack_row(r, results_dir, args.data_dir, data=datasets[r["track"]])
         if not lines:
             lines.append(HEADER.format(grid=" / ".join(f"{e:g}" for e in res["grid"]), steps=res["steps"], l2=res["l2"]))
             lines.append("| --- " * 7 + "|")

@@ -31,8 +31,8 @@ def test_pixels_reproduce_the_row_and_normalised_scales_eps_by_the_mean_std(es, 
     from bench.build import input_normalization, load_dataset_for
     from bench.registry import TRACKS
 
-    row = read_results(attacked_run).iloc[0]
-    res = es.attack_row(row.to_dict(), attacked_run, None)
+    (row,) = es.pick_rows(read_results(attacked_run), [], "digits-cnn", 0, attacked_run)
+    res = es.attack_row(row, attacked_run, None)
     assert res["matches_row"], "the pixel-space attacks must give the row's own fgsm_curve and pgd_l2_curve"
     assert res["fgsm_pixels"] == [p["acc"] for p in row["fgsm_curve"]]
     track = TRACKS.get("digits-cnn")
@@ -47,7 +47,7 @@ def test_pixels_reproduce_the_row_and_normalised_scales_eps_by_the_mean_std(es, 
     from bench.reevaluate import load_stored_model
 
     data = load_dataset_for(track, None)
-    model, _ = load_stored_model(row.to_dict(), attacked_run, data, track, device="cpu")
+    model, _ = load_stored_model(row, attacked_run, data, track, device="cpu")
     idx = torch.as_tensor([int(i) for i in row["attacked_indices"]])
     x, y = data.x_test[idx].clone().requires_grad_(True), data.y_test[idx]
     logits = model(x)
