@@ -93,7 +93,8 @@ def cmd_sweep(args) -> int:
     if args.dry_run or deadline is not None:
         from bench.sweep import Durations
 
-        durations = Durations(args.results_dir)
+        # with a deadline the rows written from now on (by this sweep or one beside it) set the pace
+        durations = Durations(args.results_dir, since=None if args.dry_run else time.time())
     if args.dry_run:
         total, known = 0.0, 0
         for q in pl.todo:

@@ -281,20 +281,38 @@ class Durations:
     """What a configuration is expected to take (training and evaluation, wall seconds), from the ok rows
     of ``results_dir``: the median over the rows of the same configuration at other seeds; else over
     the rows of the same track, method and objective; else unknown. The rows were timed under whatever
-    load their machine had, so this is an estimate, and it says what it rests on."""
+    load their machine had, so this is an estimate, and it says what it rests on.
 
-    def __init__(self, results_dir):
+    ``since`` (a POSIX time, the sweep's start): the rows written from then on, by this sweep or one
+    beside it, measure the machine as it is now. Each is set against what the rows before ``since``
+    expected of it, and the median of those ratios (the pace) scales every estimate that rests on the
+    earlier rows. A machine half as fast as the one that wrote the history then stops starting runs
+    that the deadline will cut off."""
+
+    def __init__(self, results_dir, since: float | None = None):
         self.results_dir = results_dir
+        self.since = since
         self.refresh()
+
+    @staticmethod
+    def _written_at(row) -> float | None:
+        import datetime as dt
+
+        try:
+            return dt.datetime.fromisoformat(str(row.get("created_at"))).timestamp()
+        except (TypeError, ValueError):
+            return None
 
     def refresh(self) -> None:
         from bench import identity
         from bench.results import read_results
 
         df = read_results(self.results_dir)
-        self._same, self._method = {}, {}
+        # {seedless configuration key: [secs]}, {(track, method, objective): [secs]}: before and since ``since``
+        self._before, self._since, self.pace, self.pace_n = ({}, {}), ({}, {}), None, 0
         if df.empty or "train_seconds" not in df:
             return
+        recent = []
         for r in df[df["status"] == "ok"].to_dict("records"):
             t, e = r.get("train_seconds"), r.get("eval_seconds")
             if t is None or t != t:  # a row without timing (NaN)
@@ -304,22 +322,47 @@ class Durations:
                 key = _seedless(identity.config_key(json.loads(r["config_json"])))
             except Exception:  # noqa: BLE001 - a row whose configuration cannot be keyed only loses the exact match
                 key = None
+            mkey = (r.get("track"), r.get("method"), r.get("objective") or "standard")
+            when = self._written_at(r)
+            is_recent = self.since is not None and when is not None and when >= self.since
+            same, method = self._since if is_recent else self._before
             if key is not None:
-                self._same.setdefault(key, []).append(secs)
-            self._method.setdefault((r.get("track"), r.get("method"), r.get("objective") or "standard"), []).append(secs)
+                same.setdefault(key, []).append(secs)
+            method.setdefault(mkey, []).append(secs)
+            if is_recent:
+                recent.append((key, mkey, secs))
+        ratios = [secs / base for key, mkey, secs in recent
+                  if (base := self._median(self._before, key, mkey)[0])]
+        if ratios:
+            import statistics
 
-    def expected(self, q) -> tuple[float | None, str]:
-        """(seconds or None, what the estimate rests on) for a :class:`bench.plan.Planned`."""
+            self.pace, self.pace_n = statistics.median(ratios), len(ratios)
+
+    @staticmethod
+    def _median(rows, key, mkey) -> tuple[float | None, str]:
         import statistics
 
+        same, method = rows
+        if key is not None and same.get(key):
+            xs = same[key]
+            return statistics.median(xs), f"median of {len(xs)} row{'s' * (len(xs) > 1)} of this configuration"
+        if method.get(mkey):
+            xs = method[mkey]
+            return statistics.median(xs), f"median of {len(xs)} {mkey[1]} row{'s' * (len(xs) > 1)} on {mkey[0]}"
+        return None, "no row to estimate it from"
+
+    def expected(self, q) -> tuple[float | None, str]:
+        """(seconds or None, what the estimate rests on) for a :class:`bench.plan.Planned`: from the rows
+        before the sweep started, scaled by the pace when there is one; else from the rows since."""
         from bench import identity
         from bench.prepare import prepare
 
         key = _seedless(identity.config_key(prepare(q.cfg).resolved()))
-        if self._same.get(key):
-            xs = self._same[key]
-            return statistics.median(xs), f"median of {len(xs)} row{'s' * (len(xs) > 1)} of this configuration"
-        xs = self._method.get((q.cfg.track, q.cfg.method, q.cfg.objective or "standard"))
-        if xs:
-            return statistics.median(xs), f"median of {len(xs)} {q.cfg.method} row{'s' * (len(xs) > 1)} on {q.cfg.track}"
-        return None, "no row to estimate it from"
+        mkey = (q.cfg.track, q.cfg.method, q.cfg.objective or "standard")
+        secs, basis = self._median(self._before, key, mkey)
+        if secs is None:
+            return self._median(self._since, key, mkey)
+        if self.pace is None:
+            return secs, basis
+        return secs * self.pace, (f"{basis}, ×{self.pace:.2f}: the pace of the {self.pace_n} "
+                                  f"row{'s' * (self.pace_n > 1)} written since this sweep started")
