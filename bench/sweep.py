@@ -308,8 +308,8 @@ class Durations:
         from bench.results import read_results
 
         df = read_results(self.results_dir)
-        # {seedless configuration key: [secs]}, {(track, method, objective): [secs]}: before and since ``since``
-        self._before, self._since, self.pace, self.pace_n = ({}, {}), ({}, {}), None, 0
+        # {seedless configuration key: [secs]}, {(track, method, objective): [secs]}: rows written before ``since`` and from it on
+        self._before, self._after, self.pace, self.pace_n = ({}, {}), ({}, {}), None, 0
         if df.empty or "train_seconds" not in df:
             return
         recent = []
@@ -325,7 +325,7 @@ class Durations:
             mkey = (r.get("track"), r.get("method"), r.get("objective") or "standard")
             when = self._written_at(r)
             is_recent = self.since is not None and when is not None and when >= self.since
-            same, method = self._since if is_recent else self._before
+            same, method = self._after if is_recent else self._before
             if key is not None:
                 same.setdefault(key, []).append(secs)
             method.setdefault(mkey, []).append(secs)
@@ -361,7 +361,7 @@ class Durations:
         mkey = (q.cfg.track, q.cfg.method, q.cfg.objective or "standard")
         secs, basis = self._median(self._before, key, mkey)
         if secs is None:
-            return self._median(self._since, key, mkey)
+            return self._median(self._after, key, mkey)
         if self.pace is None:
             return secs, basis
         return secs * self.pace, (f"{basis}, ×{self.pace:.2f}: the pace of the {self.pace_n} "
